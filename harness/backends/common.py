@@ -1,0 +1,34 @@
+"""Behaviour both backends share: plan dispatch to the per-stage mixins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.cell import Cell
+from harness.cell import Stage
+from harness.process import Command
+
+
+class BackendCore:
+    """Dispatches `plan(cell, stage)` to `plan_<stage>` of the stage mixins."""
+
+    name = "base"
+    devices: frozenset[str] = frozenset()
+
+    def __init__(self, options: dict | None = None) -> None:
+        self.options = dict(options or {})
+
+    def plan(self, cell: Cell, stage: Stage, workdir: Path) -> list[Command]:
+        planner = getattr(self, f"plan_{Stage(stage).value}", None)
+        if planner is None:
+            return []
+        return list(planner(cell, workdir))
+
+    def device_reason(self, cell: Cell) -> str | None:
+        """Cells of a device this backend does not drive are skipped, with the fix."""
+        if cell.device not in self.devices:
+            return (
+                f"{self.name} backend does not run {cell.device} cells "
+                f"(use --backend {'gaudi' if cell.device in ('g2', 'g3') else 'cpu'})"
+            )
+        return None

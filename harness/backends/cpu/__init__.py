@@ -1,0 +1,43 @@
+"""The cpu backend: the whole pipeline for real, in miniature, on this host."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from harness.backends.base import Inventory
+from harness.backends.common import BackendCore
+from harness.backends.cpu.preflight import CpuPreflight
+from harness.cell import Cell
+from harness.cell import Stage
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+class CpuBackend(CpuPreflight, BackendCore):
+    """Runs INC, vLLM's CPU build, lm-eval, gloo and Ray on local processes."""
+
+    name = "cpu"
+    devices = frozenset({"cpu"})
+
+    def inventory(self) -> Inventory:
+        cores = len(os.sched_getaffinity(0))
+        mem_gib = psutil.virtual_memory().total / 2**30
+        return Inventory("cpu", cores, f"{cores} cores, {mem_gib:.1f} GiB memory")
+
+    def skip_reason(self, cell: Cell, stage: Stage) -> str | None:
+        reason = self.device_reason(cell)
+        if reason:
+            return reason
+        if cell.world_size > self.inventory().count:
+            return (
+                f"needs {cell.world_size} ranks but this host has {self.inventory().count} cores "
+                "(lower tp/ep, or run on a bigger host)"
+            )
+        return None
+
+    def cell_env(self, cell: Cell) -> dict[str, str]:
+        env = dict(OFFLINE_ENV)
+        env.update({str(k): str(v) for k, v in self.options.get("env", {}).items()})
+        return env

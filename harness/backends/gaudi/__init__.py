@@ -1,0 +1,46 @@
+"""The gaudi backend: the exact commands and environment of the documented procedures."""
+
+from __future__ import annotations
+
+from harness.backends.base import Inventory
+from harness.backends.common import BackendCore
+from harness.backends.gaudi.discovery import discover
+from harness.cell import Cell
+from harness.cell import Stage
+
+
+class GaudiBackend(BackendCore):
+    """Builds and runs the seeds' commands on Gaudi2/Gaudi3 nodes."""
+
+    name = "gaudi"
+    devices = frozenset({"g2", "g3"})
+
+    def __init__(self, options: dict | None = None) -> None:
+        super().__init__(options)
+        self._inventory: Inventory | None = None
+
+    def inventory(self) -> Inventory:
+        if self._inventory is None:
+            self._inventory = discover()
+        return self._inventory
+
+    def skip_reason(self, cell: Cell, stage: Stage) -> str | None:
+        reason = self.device_reason(cell)
+        if reason:
+            return reason
+        inv = self.inventory()
+        if not inv.available:
+            return f"gaudi backend: {inv.missing_reason}"
+        if inv.device != cell.device:
+            return (
+                f"cell targets {cell.device} but this host has {inv.device} "
+                "(scales are device-specific: run it on a matching node)"
+            )
+        return None
+
+    def cell_env(self, cell: Cell) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if cell.multi_node:
+            env["PT_HPU_ENABLE_LAZY_COLLECTIVES"] = "true"
+        env.update({str(k): str(v) for k, v in self.options.get("env", {}).items()})
+        return env

@@ -1,0 +1,101 @@
+"""One point of the matrix: what to qualify, with a stable readable id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+from enum import StrEnum
+from typing import Any
+
+from harness.settings import StageSettings
+
+
+class Stage(StrEnum):
+    """Stages of a cell, in the order they run."""
+
+    PREFLIGHT = "preflight"
+    COLLECTIVES = "collectives"
+    CALIBRATION = "calibration"
+    SERVING = "serving"
+    ACCURACY = "accuracy"
+    THROUGHPUT = "throughput"
+
+    @property
+    def order(self) -> int:
+        return STAGE_ORDER.index(self)
+
+
+STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
+STAGE_NAMES: tuple[str, ...] = tuple(s.value for s in Stage)
+# Stages that only make sense for an FP8 cell (a BF16 cell has nothing to calibrate).
+FP8_ONLY_STAGES = frozenset({Stage.CALIBRATION})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What the harness must know about a model to plan and validate cells."""
+
+    name: str
+    path: str | None = None
+    hub_id: str | None = None
+    architecture: str = "llama"
+    moe: bool = False
+    num_experts: int = 0
+    num_attention_heads: int | None = None
+    num_kv_heads: int | None = None
+    served_name: str | None = None
+
+    @property
+    def source(self) -> str:
+        """Where the weights come from: the local path when given, else the hub id."""
+        return self.path or self.hub_id or self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """A matrix point. Immutable; `id` is stable across runs for history and baselines."""
+
+    model: ModelFacts
+    device: str
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    nodes: int = 1
+    kv_cache_dtype: str = "auto"
+    quantization: str = "bf16"
+    stages: tuple[Stage, ...] = STAGE_ORDER
+    gates: dict[str, dict[str, float]] = field(default_factory=dict, hash=False, compare=False)
+    settings: StageSettings = field(default_factory=StageSettings, hash=False, compare=False)
+    backend_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    index: int = field(default=0, compare=False)
+
+    @property
+    def id(self) -> str:
+        place = self.device if self.nodes == 1 else f"{self.device}-n{self.nodes}"
+        par = f"tp{self.tp}"
+        if self.pp > 1:
+            par += f"-pp{self.pp}"
+        if self.ep > 1:
+            par += f"-ep{self.ep}"
+        return f"{self.model.name}/{place}/{par}/{self.quantization}-kv-{self.kv_cache_dtype}"
+
+    @property
+    def world_size(self) -> int:
+        """Ranks the cell runs on: TP x PP, times the DP factor expert parallelism adds."""
+        dp = self.ep // self.tp if self.ep > self.tp else 1
+        return self.tp * self.pp * dp
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.quantization == "fp8"
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
+
+    def runs(self, stage: Stage | str) -> bool:
+        """Whether this cell has `stage` in its stage list."""
+        return Stage(stage) in self.stages
+
+    def __str__(self) -> str:
+        return self.id

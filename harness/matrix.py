@@ -1,0 +1,435 @@
+"""Matrix YAML: load (with `extends`), validate naming file and key, expand to Cells."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import hashlib
+import itertools
+from pathlib import Path
+from typing import Any
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
+from pydantic import ValidationError
+from pydantic import field_validator
+
+from harness.cell import FP8_ONLY_STAGES
+from harness.cell import STAGE_NAMES
+from harness.cell import Cell
+from harness.cell import ModelFacts
+from harness.cell import Stage
+from harness.errors import MatrixError
+from harness.gates import GateSpec
+from harness.gates import merge_gates
+from harness.settings import StageSettings
+
+MATRICES_DIR = Path(__file__).resolve().parent.parent / "matrices"
+DEFAULT_MATRIX = "smoke-cpu"
+
+
+class DeviceFacts(BaseModel):
+    """What a device generation allows: cards per node and the KV-cache dtypes its vLLM accepts."""
+
+    cards_per_node: int
+    kv_cache_dtypes: tuple[str, ...]
+    backend: str
+
+
+DEVICES: dict[str, DeviceFacts] = {
+    "g2": DeviceFacts(cards_per_node=8, kv_cache_dtypes=("auto", "fp8_inc"), backend="gaudi"),
+    "g3": DeviceFacts(cards_per_node=8, kv_cache_dtypes=("auto", "fp8_inc"), backend="gaudi"),
+    # A cpu "card" is one rank process; two cores here, so two ranks per node.
+    "cpu": DeviceFacts(
+        cards_per_node=2,
+        kv_cache_dtypes=("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
+        backend="cpu",
+    ),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    path: str | None = None
+    hub_id: str | None = None
+    architecture: str = "llama"
+    moe: bool = False
+    num_experts: int = Field(default=0, ge=0)
+    num_attention_heads: int | None = Field(default=None, ge=1)
+    num_kv_heads: int | None = Field(default=None, ge=1)
+    served_name: str | None = None
+    axes: Axes | None = None  # per-model axes replace the matrix's for this model
+
+
+class Axes(_Strict):
+    model: list[str] | None = None
+    device: list[Literal["g2", "g3", "cpu"]] | None = None
+    tp: list[int] | None = None
+    pp: list[int] | None = None
+    ep: list[int] | None = None
+    nodes: list[int] | None = None
+    kv_cache_dtype: list[str] | None = None
+    quantization: list[Literal["bf16", "fp8"]] | None = None
+
+    @field_validator("tp", "pp", "ep", "nodes")
+    @classmethod
+    def _positive(cls, values: list[int] | None) -> list[int] | None:
+        for v in values or []:
+            if v < 1:
+                raise ValueError(f"{v} is not a positive integer")
+        return values
+
+
+ModelSpec.model_rebuild()
+
+AXIS_NAMES = tuple(Axes.model_fields)
+AXIS_DEFAULTS: dict[str, Any] = {
+    "device": "cpu",
+    "tp": 1,
+    "pp": 1,
+    "ep": 1,
+    "nodes": 1,
+    "kv_cache_dtype": "auto",
+    "quantization": "bf16",
+}
+
+
+class Override(_Strict):
+    cells: str  # glob on cell ids
+    gates: dict[str, GateSpec] = Field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MatrixSpec(_Strict):
+    name: str
+    version: int = 1
+    description: str = ""
+    extends: str | None = None
+    backend: Literal["cpu", "gaudi"] | None = None
+    models: dict[str, ModelSpec]
+    axes: Axes = Axes()
+    include: list[dict[str, Any]] = Field(default_factory=list)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    stages: list[Stage] = Field(default_factory=lambda: list(Stage))
+    gates: dict[str, GateSpec] = Field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    overrides: list[Override] = Field(default_factory=list)
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Matrix:
+    """A loaded, validated matrix and its cells."""
+
+    def __init__(self, path: Path, spec: MatrixSpec, cells: list[Cell], digest: str) -> None:
+        self.path = path
+        self.spec = spec
+        self.cells = cells
+        self.digest = digest
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def backend(self) -> str:
+        """The backend the matrix asks for: explicit, else the one its devices need."""
+        if self.spec.backend:
+            return self.spec.backend
+        devices = {c.device for c in self.cells} or {"cpu"}
+        return "gaudi" if devices & {"g2", "g3"} else "cpu"
+
+
+def resolve_matrix_path(name_or_path: str | Path, search_dir: Path = MATRICES_DIR) -> Path:
+    """Accept a path or a name in matrices/; unknown names get a did-you-mean."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise MatrixError(
+                candidate, "", "no such matrix file; check the path given to --matrix"
+            )
+        return candidate
+    named = search_dir / f"{name_or_path}.yaml"
+    if named.is_file():
+        return named
+    available = sorted(p.stem for p in search_dir.glob("*.yaml") if not p.stem.startswith("_"))
+    close = difflib.get_close_matches(str(name_or_path), available, n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise MatrixError(
+        search_dir,
+        "",
+        f"Unknown matrix '{name_or_path}'.{hint} Available: {', '.join(available) or 'none'}",
+    )
+
+
+def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """YAML to dict with `extends:` merged (local keys win). No matrix semantics here."""
+    path = path.resolve()
+    if path in _chain:
+        chain = " -> ".join(str(p) for p in (*_chain, path))
+        raise MatrixError(path, "extends", f"extends cycle: {chain}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MatrixError(path, "", f"cannot read the file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise MatrixError(path, "", f"invalid YAML at {where}{problem}") from None
+    if data is None:
+        raise MatrixError(path, "", "the file is empty; a matrix needs at least name and models")
+    if not isinstance(data, dict):
+        raise MatrixError(path, "", f"top level must be a mapping, got {type(data).__name__}")
+    parent = data.get("extends")
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise MatrixError(path, "extends", "must be a relative file name")
+    base = load_yaml(path.parent / parent, (*_chain, path))
+    merged = {**base, **data}
+    merged["extends"] = parent
+    return merged
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        key = _key_path(loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see matrices/README.md for the keys)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("literal_error",):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append((key, msg))
+    first_key = lines[0][0]
+    if len(lines) == 1:
+        return first_key, lines[0][1]
+    return first_key, "; ".join(f"{k}: {m}" for k, m in lines)
+
+
+def load_matrix(name_or_path: str | Path, search_dir: Path = MATRICES_DIR) -> Matrix:
+    """Load, validate and expand a matrix; every problem is a MatrixError naming file and key."""
+    path = resolve_matrix_path(name_or_path, search_dir)
+    data = load_yaml(path)
+    try:
+        spec = MatrixSpec.model_validate(data)
+    except ValidationError as exc:
+        key, reason = _validation_message(exc)
+        raise MatrixError(path, key, reason) from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return Matrix(path, spec, expand(spec, path), digest)
+
+
+def _points(spec: MatrixSpec, path: Path) -> list[dict[str, Any]]:
+    points: list[dict[str, Any]] = []
+    global_axes = spec.axes.model_dump(exclude_none=True)
+    model_names = global_axes.pop("model", None) or list(spec.models)
+    for model in model_names:
+        if model not in spec.models:
+            raise MatrixError(path, "axes.model", _unknown("model", model, spec.models))
+        axes = dict(global_axes)
+        own = spec.models[model].axes
+        if own is not None:
+            axes.update(own.model_dump(exclude_none=True, exclude={"model"}))
+        names = [n for n in AXIS_NAMES if n != "model"]
+        values = [axes.get(n, [AXIS_DEFAULTS[n]]) for n in names]
+        for combo in itertools.product(*values):
+            points.append({"model": model, **dict(zip(names, combo, strict=True))})
+    return points
+
+
+def _unknown(kind: str, name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return f"unknown {kind} '{name}'.{hint} Known: {', '.join(known)}"
+
+
+def _matches(point: dict[str, Any], rule: dict[str, Any]) -> bool:
+    return all(point.get(k) == v for k, v in rule.items())
+
+
+def _check_rules(spec: MatrixSpec, path: Path) -> None:
+    for section in ("include", "exclude"):
+        for i, rule in enumerate(getattr(spec, section)):
+            for key in rule:
+                if key not in AXIS_NAMES:
+                    raise MatrixError(
+                        path, f"{section}[{i}].{key}", _unknown("axis", key, AXIS_NAMES)
+                    )
+            if section == "include" and "model" not in rule:
+                raise MatrixError(path, f"{section}[{i}]", "an include rule must name its model")
+
+
+def expand(spec: MatrixSpec, path: Path) -> list[Cell]:
+    """Product of the axes, minus exclude rules, plus include rules; validated, unique ids."""
+    _check_rules(spec, path)
+    points = [p for p in _points(spec, path) if not any(_matches(p, r) for r in spec.exclude)]
+    for rule in spec.include:
+        points.append({**AXIS_DEFAULTS, **rule})
+    stage_settings_cache: dict[tuple[int, ...], tuple[StageSettings, dict, dict]] = {}
+    base_gates = {k: v for k, v in spec.gates.items()}
+    _check_gate_keys(base_gates, path, "gates")
+    for i, ov in enumerate(spec.overrides):
+        _check_gate_keys(ov.gates, path, f"overrides[{i}].gates")
+    cells: list[Cell] = []
+    seen: dict[str, int] = {}
+    for point in points:
+        cell = _make_cell(spec, path, point, len(cells))
+        applied = tuple(
+            i for i, ov in enumerate(spec.overrides) if fnmatch.fnmatchcase(cell.id, ov.cells)
+        )
+        if applied not in stage_settings_cache:
+            stage_settings_cache[applied] = _resolve(spec, path, applied, base_gates)
+        settings, gates, options = stage_settings_cache[applied]
+        cell = _with(cell, settings, gates, options)
+        if cell.id in seen:
+            continue  # an include rule that repeats a product point adds nothing
+        seen[cell.id] = len(cells)
+        cells.append(cell)
+    if not cells:
+        raise MatrixError(path, "axes", "the matrix expands to no cells; check axes and exclude")
+    return cells
+
+
+def _check_gate_keys(gates: dict[str, GateSpec], path: Path, where: str) -> None:
+    for key in gates:
+        stage = key.split(".", 1)[0]
+        if "." not in key or stage not in STAGE_NAMES:
+            raise MatrixError(
+                path,
+                f"{where}.{key}",
+                f"gate keys are '<stage>.<metric>' with stage one of {', '.join(STAGE_NAMES)}",
+            )
+
+
+def _resolve(
+    spec: MatrixSpec, path: Path, applied: tuple[int, ...], base_gates: dict[str, GateSpec]
+) -> tuple[StageSettings, dict[str, GateSpec], dict[str, Any]]:
+    settings = {k: dict(v) for k, v in spec.settings.items()}
+    gates = dict(base_gates)
+    options = dict(spec.backend_options)
+    for i in applied:
+        ov = spec.overrides[i]
+        for stage, values in ov.settings.items():
+            settings.setdefault(stage, {}).update(values)
+        gates = merge_gates(gates, ov.gates)
+        options.update(ov.backend_options)
+    try:
+        resolved = StageSettings.model_validate(settings)
+    except ValidationError as exc:
+        key, reason = _validation_message(exc)
+        where = "settings" if not applied else f"overrides[{applied[-1]}].settings"
+        raise MatrixError(path, f"{where}.{key}", reason) from None
+    return resolved, gates, options
+
+
+def _with(cell: Cell, settings: StageSettings, gates: dict, options: dict) -> Cell:
+    return dataclasses.replace(cell, settings=settings, gates=gates, backend_options=options)
+
+
+def _make_cell(spec: MatrixSpec, path: Path, p: dict[str, Any], index: int) -> Cell:
+    name = p["model"]
+    if name not in spec.models:
+        raise MatrixError(path, "include", _unknown("model", name, spec.models))
+    m = spec.models[name]
+    facts = ModelFacts(
+        name=name,
+        path=_resolve_model_path(path, m.path),
+        hub_id=m.hub_id,
+        architecture=m.architecture,
+        moe=m.moe,
+        num_experts=m.num_experts,
+        num_attention_heads=m.num_attention_heads,
+        num_kv_heads=m.num_kv_heads,
+        served_name=m.served_name,
+    )
+    stages = tuple(s for s in spec.stages if p["quantization"] == "fp8" or s not in FP8_ONLY_STAGES)
+    cell = Cell(
+        model=facts,
+        device=p["device"],
+        tp=p["tp"],
+        pp=p["pp"],
+        ep=p["ep"],
+        nodes=p["nodes"],
+        kv_cache_dtype=p["kv_cache_dtype"],
+        quantization=p["quantization"],
+        stages=stages,
+        index=index,
+    )
+    reason = invalid_reason(cell)
+    if reason:
+        raise MatrixError(path, f"cell {cell.id}", reason)
+    return cell
+
+
+def _resolve_model_path(matrix_path: Path, model_path: str | None) -> str | None:
+    """Relative model paths are relative to the matrix file, so a matrix works from any cwd."""
+    if model_path is None or Path(model_path).is_absolute():
+        return model_path
+    return str((matrix_path.parent / model_path).resolve())
+
+
+def invalid_reason(cell: Cell) -> str | None:
+    """Why a cell cannot exist, or None. Checked at load so nothing expensive starts."""
+    device = DEVICES.get(cell.device)
+    if device is None:
+        return _unknown("device", cell.device, DEVICES)
+    if cell.quantization not in ("bf16", "fp8"):
+        return f"quantization '{cell.quantization}' is not bf16 or fp8"
+    if cell.kv_cache_dtype not in device.kv_cache_dtypes:
+        return (
+            f"kv_cache_dtype '{cell.kv_cache_dtype}' is unknown to {cell.device}; "
+            f"use one of {', '.join(device.kv_cache_dtypes)}"
+        )
+    if cell.kv_cache_dtype != "auto" and cell.quantization == "bf16" and cell.device != "cpu":
+        return "an FP8 KV cache (fp8_inc) needs quantization fp8 (INC scales)"
+    if cell.tp > device.cards_per_node and cell.nodes == 1:
+        return (
+            f"TP={cell.tp} exceeds the {device.cards_per_node} cards of one {cell.device} node; "
+            f"set nodes: {-(-cell.tp // device.cards_per_node)} or lower tp"
+        )
+    cards = device.cards_per_node * cell.nodes
+    if cell.world_size > cards:
+        return (
+            f"needs {cell.world_size} cards (TP x PP x EP/TP) but {cell.nodes} node(s) of "
+            f"{cell.device} have {cards}"
+        )
+    m = cell.model
+    if cell.ep > 1:
+        if not m.moe or m.num_experts == 0:
+            return (
+                f"EP={cell.ep} on model '{m.name}' which has no experts (set moe and num_experts)"
+            )
+        if m.num_experts % cell.ep:
+            return f"EP={cell.ep} does not divide the {m.num_experts} experts of '{m.name}'"
+        if cell.ep % cell.tp and cell.tp % cell.ep:
+            return f"EP={cell.ep} and TP={cell.tp} must divide one another"
+    if m.moe and m.num_experts == 0:
+        return f"model '{m.name}' is MoE but num_experts is not set"
+    for what, heads in (("attention heads", m.num_attention_heads), ("KV heads", m.num_kv_heads)):
+        if heads and heads % cell.tp and cell.tp % heads:
+            return f"TP={cell.tp} does not divide the {heads} {what} of '{m.name}'"
+    return None

@@ -1,0 +1,211 @@
+"""pytest hooks and fixtures only: each hands its work to a module of the harness."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from harness import backends
+from harness.cell import Cell
+from harness.cell import Stage
+from harness.errors import HarnessError
+from harness.matrix import DEVICES
+from harness.matrix import load_matrix
+from harness.options import RunOptions
+from harness.options import add_harness_options
+from harness.plan import render_plan
+from harness.session import HarnessSession
+from harness.session import StageRun
+from harness.session import as_pytest_outcomes
+from harness.session import cell_of
+from harness.session import stage_of
+from harness.stages import Recorder
+
+SESSION_KEY = pytest.StashKey[HarnessSession]()
+RECORDER_KEY = pytest.StashKey[Recorder]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "FP8 serving qualification harness")
+    add_harness_options(group.addoption)
+    parser.addini("harness_matrix", "Default matrix (name or path)", default="")
+    parser.addini("harness_backend", "Default backend (cpu or gaudi)", default="")
+    parser.addini("harness_results_dir", "Default results directory", default="")
+    parser.addini("harness_cache", "Default artifact cache directory", default="")
+
+
+def _is_suite_run(config: pytest.Config) -> bool:
+    """The harness only builds a session for runs that collect suites (not the project's tests)."""
+    if config.getoption("harness_matrix") or config.getoption("harness_plan"):
+        return True
+    return any("suites" in str(arg).split("::")[0] for arg in config.args)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for stage in Stage:
+        config.addinivalue_line("markers", f"{stage.value}: the {stage.value} stage of a cell")
+    for device in DEVICES:
+        config.addinivalue_line("markers", f"{device}: a cell on device {device}")
+    if not _is_suite_run(config):
+        return
+    options = RunOptions.from_config(config)
+    try:
+        matrix = load_matrix(options.matrix)
+        backend = backends.get(
+            options.backend or matrix.backend, {"workdir": str(options.results_dir)}
+        )
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    run_id = getattr(config, "workerinput", {}).get("harness_run_id")
+    config.stash[SESSION_KEY] = HarnessSession(options, matrix, backend, run_id)
+
+
+def _session(config: pytest.Config) -> HarnessSession | None:
+    return config.stash.get(SESSION_KEY, None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: every worker appends to the controller's run."""
+    session = _session(node.config)
+    if session is not None:
+        session.open_store(is_worker=False)
+        node.workerinput["harness_run_id"] = session.store.run_id
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = _session(config)
+    if session is None:
+        return []
+    return [
+        f"harness: matrix {session.matrix.name} ({session.matrix.path}), "
+        f"{len(session.matrix.cells)} cells, backend {session.backend.name}, "
+        f"results {session.store.dir}"
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cell" not in metafunc.fixturenames:
+        return
+    session = _session(metafunc.config)
+    stage = next(
+        (
+            Stage(m.name)
+            for m in metafunc.definition.iter_markers()
+            if m.name in Stage._value2member_map_
+        ),
+        None,
+    )
+    if session is None or stage is None:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: a suite test needs a stage marker "
+            "(pytestmark = pytest.mark.<stage>) and a matrix (--matrix)"
+        )
+    cells = session.cells_for(stage)
+    params = [pytest.param(c, id=c.id, marks=getattr(pytest.mark, c.device)) for c in cells]
+    metafunc.parametrize("cell", params, scope="session")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _session(config) is None:
+        return
+    empty = [i for i in items if stage_of(i) is not None and cell_of(i) is None]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+    items[:] = sorted((i for i in items if i not in empty), key=HarnessSession.sort_key)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    harness = _session(session.config)
+    if harness is None or not harness.options.plan:
+        return None
+    pairs = [(cell_of(i), stage_of(i)) for i in session.items]
+    text = render_plan([(c, s) for c, s in pairs if c and s], harness.backend, harness.store.dir)
+    session.config.get_terminal_writer().line(text)
+    return True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    harness, cell, stage = _session(item.config), cell_of(item), stage_of(item)
+    if harness is None or cell is None or stage is None:
+        return
+    item.stash[RECORDER_KEY] = Recorder()
+    reason = harness.blocked_reason(cell, stage)
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, Any]:
+    report = yield
+    harness, cell, stage = _session(item.config), cell_of(item), stage_of(item)
+    if harness is None or cell is None or stage is None:
+        return report
+    final = report.when == "call" or (report.when == "setup" and not report.passed)
+    if final:
+        result = harness.record(cell, stage, report, item.stash.get(RECORDER_KEY, None))
+        for name, value in result.metrics.items():
+            report.user_properties.append((f"{stage.value}.{name}", value))
+        report.user_properties.append(("cell", cell.id))
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    harness = _session(session.config)
+    if harness is not None and not hasattr(session.config, "workerinput"):
+        harness.finish()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    harness = _session(config)
+    if harness is None or harness.options.plan:
+        return
+    summary = harness.store.dir / "summary.md"
+    if summary.is_file():
+        terminalreporter.section("harness summary")
+        terminalreporter.write(summary.read_text(encoding="utf-8"))
+        terminalreporter.write_line(f"results: {harness.store.path}")
+
+
+# fixtures ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def harness_session(request: pytest.FixtureRequest) -> HarnessSession:
+    session = _session(request.config)
+    if session is None:
+        pytest.skip("no harness session: run the suites with --matrix")
+    return session
+
+
+@pytest.fixture(scope="session")
+def backend(harness_session: HarnessSession) -> backends.Backend:
+    return harness_session.backend
+
+
+@pytest.fixture
+def stage(request: pytest.FixtureRequest, harness_session: HarnessSession, cell: Cell) -> StageRun:
+    """The stage of the requesting suite test, bound to its cell and recorder."""
+    which = stage_of(request.node)
+    assert which is not None  # guaranteed by pytest_generate_tests
+    recorder = request.node.stash.setdefault(RECORDER_KEY, Recorder())
+    return StageRun(harness_session.context(cell, which, recorder))
+
+
+@pytest.fixture(scope="session")
+def server(
+    request: pytest.FixtureRequest, harness_session: HarnessSession, cell: Cell
+) -> Iterator[Any]:
+    """One server per cell, shared by its serving, accuracy and throughput stages."""
+    from harness.stages import serving
+
+    with as_pytest_outcomes(), serving.serve(harness_session, cell) as handle:
+        yield handle

@@ -1,0 +1,171 @@
+"""Subprocesses in their own process group, stopped by group id on every exit path."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command line plus the environment the harness sets for it (on top of the caller's)."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+    cwd: str | None = None
+    node: int | None = None  # multi-node: which node runs it (0 = head)
+
+    def shell(self) -> str:
+        """One line a person can paste: `VAR=value ... cmd args`."""
+        assignments = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted(self.env.items()))
+        line = shlex.join(self.argv)
+        return f"{assignments} {line}" if assignments else line
+
+
+class CommandFailed(HarnessError):
+    """A command exited non-zero or timed out; carries the command and the log tail."""
+
+    def __init__(self, command: Command, reason: str, log_tail: str = "") -> None:
+        self.command = command
+        self.reason = reason
+        self.log_tail = log_tail
+        text = f"`{shlex.join(command.argv)}` {reason}"
+        if log_tail:
+            text += "\n--- last lines of its output ---\n" + log_tail
+        super().__init__(text)
+
+
+_live_groups: set[int] = set()
+
+
+def _kill_group(pgid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM the group, wait up to `grace_s`, then SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            break
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    _live_groups.discard(pgid)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def kill_all_groups() -> None:
+    """Stop every group this process started and has not stopped yet (session end, Ctrl-C)."""
+    for pgid in list(_live_groups):
+        _kill_group(pgid, grace_s=3.0)
+
+
+atexit.register(kill_all_groups)
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64_000))
+            data = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+class ManagedProcess:
+    """A started command writing to a log file; `stop()` ends its whole process group."""
+
+    def __init__(self, command: Command, log_path: Path) -> None:
+        self.command = command
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **{k: str(v) for k, v in command.env.items()}}
+        self._log = log_path.open("ab")
+        try:
+            self.popen = subprocess.Popen(
+                list(command.argv),
+                env=env,
+                cwd=command.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._log.close()
+            raise CommandFailed(command, f"could not start: {exc.strerror}") from None
+        self.pgid = self.popen.pid
+        _live_groups.add(self.pgid)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for exit; on timeout stop the group and raise CommandFailed with the log tail."""
+        try:
+            return self.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise CommandFailed(
+                self.command, f"timed out after {timeout_s:g} s", tail(self.log_path)
+            ) from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        _kill_group(self.pgid, grace_s)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=grace_s)
+        self._log.close()
+
+    def __enter__(self) -> ManagedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run(command: Command, log_path: Path, timeout_s: float) -> str:
+    """Run to completion; return its output. Non-zero exit or timeout raises CommandFailed."""
+    with ManagedProcess(command, log_path) as proc:
+        code = proc.wait(timeout_s)
+    if code != 0:
+        raise CommandFailed(command, f"exited with status {code}", tail(log_path))
+    return log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def started(command: Command, log_path: Path) -> Iterator[ManagedProcess]:
+    """Context manager form: the group is stopped however the block ends."""
+    proc = ManagedProcess(command, log_path)
+    try:
+        yield proc
+    finally:
+        proc.stop()

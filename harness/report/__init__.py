@@ -1,0 +1,1 @@
+"""Renderers of loaded run records (no measuring, no pytest, no options)."""

@@ -1,0 +1,238 @@
+"""The run: cells selected, stages ordered and blocked, results recorded as each stage ends."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import platform
+import subprocess
+import time
+from collections.abc import Iterator
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import __version__
+from harness.backends import Backend
+from harness.cell import Cell
+from harness.cell import Stage
+from harness.errors import HarnessError
+from harness.matrix import Matrix
+from harness.options import RunOptions
+from harness.process import kill_all_groups
+from harness.report.markdown import render_summary
+from harness.results import RunStore
+from harness.results import StageResult
+from harness.results import new_run_id
+from harness.results import now_iso
+from harness.results import write_atomic
+from harness.stages import GateFailed
+from harness.stages import Recorder
+from harness.stages import StageContext
+from harness.stages import StageSkipped
+from harness.stages import runner_for
+
+STAGE_MARKERS = {s.value: s for s in Stage}
+
+
+def stage_of(item: pytest.Item) -> Stage | None:
+    """The stage a suite test belongs to: its stage marker (`pytestmark = pytest.mark.<stage>`)."""
+    for mark in item.iter_markers():
+        if mark.name in STAGE_MARKERS:
+            return STAGE_MARKERS[mark.name]
+    return None
+
+
+def cell_of(item: pytest.Item) -> Cell | None:
+    callspec = getattr(item, "callspec", None)
+    value = callspec.params.get("cell") if callspec else None
+    return value if isinstance(value, Cell) else None
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip()
+
+
+class HarnessSession:
+    """Holds the matrix, backend and run store; the plugin's hooks call into it."""
+
+    def __init__(
+        self, options: RunOptions, matrix: Matrix, backend: Backend, run_id: str | None = None
+    ) -> None:
+        self.options = options
+        self.matrix = matrix
+        self.backend = backend
+        self.store = RunStore(options.results_dir, run_id or new_run_id())
+        self.failures: dict[str, str] = {}
+        self.results: dict[tuple[str, str], StageResult] = {}
+        self._opened = False
+
+    # selection -----------------------------------------------------------
+    def cells_for(self, stage: Stage) -> list[Cell]:
+        """Cells that run `stage`, after --cells and --stages."""
+        if self.options.stages is not None and stage not in self.options.stages:
+            return []
+        return [c for c in self.matrix.cells if c.runs(stage) and self._cell_selected(c)]
+
+    def _cell_selected(self, cell: Cell) -> bool:
+        globs = self.options.cells
+        return globs is None or any(fnmatch.fnmatchcase(cell.id, g) for g in globs)
+
+    @staticmethod
+    def sort_key(item: pytest.Item) -> tuple[int, int, str]:
+        cell, stage = cell_of(item), stage_of(item)
+        return (cell.index if cell else -1, stage.order if stage else -1, item.nodeid)
+
+    # run store -----------------------------------------------------------
+    def open_store(self, is_worker: bool) -> None:
+        """The controller creates the run directory and its context line; workers append."""
+        if self._opened or self.options.plan:
+            return
+        self._opened = True
+        if is_worker:
+            return
+        self.store.open(
+            {
+                "matrix": str(self.matrix.path),
+                "matrix_name": self.matrix.name,
+                "matrix_sha256": self.matrix.digest,
+                "backend": self.backend.name,
+                "harness_version": __version__,
+                "commit": _git_commit(self.matrix.path.parent),
+                "host": platform.node(),
+                "python": platform.python_version(),
+                "inventory": self.backend.inventory().detail,
+                "started": now_iso(),
+            }
+        )
+
+    # per test -------------------------------------------------------------
+    def blocked_reason(self, cell: Cell, stage: Stage) -> str | None:
+        """An earlier failed stage of the cell, or the backend's reason it cannot run here."""
+        earlier = self.failures.get(cell.id)
+        if earlier:
+            return f"earlier stage {earlier}"
+        return self.backend.skip_reason(cell, stage)
+
+    def context(self, cell: Cell, stage: Stage, recorder: Recorder) -> StageContext:
+        self.open_store(is_worker=False)
+        return StageContext(
+            cell=cell,
+            stage=stage,
+            backend=self.backend,
+            workdir=self.store.cell_dir(cell.id, stage.value),
+            cache_dir=self.options.cache_dir,
+            recorder=recorder,
+            lookup=self.metrics_of,
+        )
+
+    def metrics_of(self, cell_id: str, stage: str) -> Mapping[str, Any] | None:
+        result = self.results.get((cell_id, stage))
+        return result.metrics if result and result.status == "passed" else None
+
+    def record(
+        self, cell: Cell, stage: Stage, report: pytest.TestReport, rec: Recorder | None
+    ) -> StageResult:
+        """Turn a test report into a StageResult, append it to results.jsonl, note failures."""
+        rec = rec or Recorder()
+        status = {"passed": "passed", "failed": "failed", "skipped": "skipped"}[report.outcome]
+        message = _message(report)
+        if status == "failed" and cell.id not in self.failures:
+            self.failures[cell.id] = (
+                f"{stage.value} failed: {message.splitlines()[0] if message else ''}"
+            )
+        result = StageResult(
+            cell=cell.id,
+            stage=stage.value,
+            status=status,
+            message=message,
+            metrics=dict(rec.metrics),
+            gates=[g.as_dict() for g in rec.gates],
+            artifacts=_relative(rec.artifacts, self.store.dir),
+            started=now_iso(),
+            duration_s=round(report.duration, 3),
+            device=cell.device,
+            backend=self.backend.name,
+        )
+        self.results[(cell.id, stage.value)] = result
+        if not self.options.plan:
+            self.open_store(is_worker=False)
+            self.store.append(result)
+        return result
+
+    def finish(self) -> str | None:
+        """Stop leftover processes, write summary.md; return the summary text."""
+        kill_all_groups()
+        if not self.store.path.is_file():
+            return None
+        from harness.results import stage_results
+
+        summary = render_summary(
+            stage_results(self.store.path), self.matrix.name, self.store.run_id
+        )
+        write_atomic(self.store.dir / "summary.md", summary)
+        return summary
+
+
+def _message(report: pytest.TestReport) -> str:
+    if report.passed:
+        return ""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:
+        return str(crash.message).removeprefix("Failed: ")
+    return str(report.longrepr)[-2000:]
+
+
+def _relative(artifacts: Mapping[str, str], root: Path) -> dict[str, str]:
+    out = {}
+    for name, path in artifacts.items():
+        p = Path(path)
+        out[name] = str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+    return out
+
+
+@contextlib.contextmanager
+def as_pytest_outcomes() -> Iterator[None]:
+    """Harness outcomes as pytest ones: skips skip, failures fail, no traceback."""
+    try:
+        yield
+    except StageSkipped as exc:
+        pytest.skip(str(exc))
+    except GateFailed as exc:
+        pytest.fail(f"gate failed:\n{exc}", pytrace=False)
+    except HarnessError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+class StageRun:
+    """What a suite test calls: runs the stage, turns harness outcomes into pytest outcomes."""
+
+    def __init__(self, context: StageContext) -> None:
+        self.context = context
+
+    @property
+    def recorder(self) -> Recorder:
+        return self.context.recorder
+
+    def run(self, **fixtures: Any) -> Recorder:
+        start = time.monotonic()
+        try:
+            with as_pytest_outcomes():
+                runner_for(self.context.stage)(self.context, **fixtures)
+        finally:
+            self.recorder.metric("stage_wall_s", round(time.monotonic() - start, 3))
+        return self.recorder

@@ -1,0 +1,85 @@
+"""Typed per-stage settings a matrix may set; defaults follow the seeds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreflightSettings(_Strict):
+    min_free_disk_gb: float = 2.0
+    min_memory_gb: float = 4.0
+    required_env: list[str] = Field(default_factory=list)
+    nic_check: bool = True
+
+
+class CollectivesSettings(_Strict):
+    test: str = "all_reduce"
+    sizes: list[str] = Field(default_factory=lambda: ["32m"])
+    loop: int = 1000
+    ranks: int | None = None  # default: the cell's world size
+    timeout_s: float = 600.0
+
+
+class CalibrationSettings(_Strict):
+    dataset: str | None = None  # pickle with system_prompt/question; None: the synthetic set (cpu)
+    samples: int = 64  # calibrate_model.sh -l
+    batch_size: int = 1  # -b
+    calibrate_tp: int | None = None  # TP the measurement runs at (-t); default the cell's
+    calibrate_ep: int | None = None  # EP the measurement runs at; default the cell's
+    unify_ranks: int | None = None  # -r
+    expert_parallel_unify: bool | None = None  # -u; default: model is MoE
+    expand: bool | None = None  # unify to 1 then expand to the cell's EP (MoE)
+    postprocess: bool = True
+    scale_method: str | None = None  # default: maxabs_hw on g2/g3, a CPU-valid method on cpu
+    timeout_s: float = 3600.0
+
+
+class ServingSettings(_Strict):
+    max_model_len: int = 2048
+    max_num_seqs: int = 128
+    block_size: int | None = None
+    ready_timeout_s: float = 900.0
+    weights_load_device: str | None = None
+    warmup_cache: str | None = None  # PT_HPU_RECIPE_CACHE_CONFIG path (gaudi)
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class AccuracySettings(_Strict):
+    task: str = "gsm8k"
+    dataset_path: str | None = None  # local copy of gsm8k for air-gapped clusters
+    limit: int | None = None
+    num_fewshot: int | None = 5
+    batch_size: int = 16
+    max_gen_toks: int = 256
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = False
+    gen_kwargs: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float = 3600.0
+
+
+class ThroughputSettings(_Strict):
+    concurrencies: list[int] = Field(default_factory=lambda: [1, 32])
+    input_len: int = 1024
+    output_len: int = 1024
+    num_prompts: int | None = None  # default: 4 x concurrency
+    dataset_name: str = "random"
+    goodput: dict[str, float] = Field(default_factory=dict)  # e.g. {"ttft": 2000, "tpot": 100}
+    timeout_s: float = 3600.0
+
+
+class StageSettings(_Strict):
+    preflight: PreflightSettings = PreflightSettings()
+    collectives: CollectivesSettings = CollectivesSettings()
+    calibration: CalibrationSettings = CalibrationSettings()
+    serving: ServingSettings = ServingSettings()
+    accuracy: AccuracySettings = AccuracySettings()
+    throughput: ThroughputSettings = ThroughputSettings()

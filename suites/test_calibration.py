@@ -1,0 +1,9 @@
+"""Calibration: INC measure -> postprocess -> quantize, then unify/expand to the cell's TP/EP."""
+
+import pytest
+
+pytestmark = pytest.mark.calibration
+
+
+def test_calibration(cell, stage):
+    stage.run()
