@@ -5,5 +5,5 @@ import pytest
 pytestmark = pytest.mark.calibration
 
 
-def test_calibration(cell, stage):
-    stage.run()
+def test_calibration(cell, calibration, stage):
+    stage.run(calibration=calibration)

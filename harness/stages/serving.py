@@ -13,7 +13,7 @@ NOT_BUILT = "the serving stage is not built yet (issue #5)"
 
 
 @contextlib.contextmanager
-def serve(session: Any, cell: Any) -> Iterator[Any]:
+def serve(session: Any, cell: Any, calibration: Any) -> Iterator[Any]:
     """Start the cell's server; not built yet, so every consumer skips with that reason."""
     raise StageSkipped(NOT_BUILT)
     yield  # pragma: no cover

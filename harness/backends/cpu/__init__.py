@@ -8,14 +8,17 @@ import psutil
 
 from harness.backends.base import Inventory
 from harness.backends.common import BackendCore
+from harness.backends.cpu.calibration import CpuCalibration
+from harness.backends.cpu.collectives import CpuCollectives
 from harness.backends.cpu.preflight import CpuPreflight
+from harness.backends.cpu.serving import CpuServing
 from harness.cell import Cell
 from harness.cell import Stage
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-class CpuBackend(CpuPreflight, BackendCore):
+class CpuBackend(CpuPreflight, CpuCollectives, CpuCalibration, CpuServing, BackendCore):
     """Runs INC, vLLM's CPU build, lm-eval, gloo and Ray on local processes."""
 
     name = "cpu"

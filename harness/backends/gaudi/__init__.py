@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from harness.backends.base import Inventory
 from harness.backends.common import BackendCore
+from harness.backends.gaudi.calibration import GaudiCalibration
+from harness.backends.gaudi.collectives import GaudiCollectives
 from harness.backends.gaudi.discovery import discover
+from harness.backends.gaudi.preflight import GaudiPreflight
+from harness.backends.gaudi.serving import GaudiServing
 from harness.cell import Cell
 from harness.cell import Stage
 
 
-class GaudiBackend(BackendCore):
+class GaudiBackend(GaudiPreflight, GaudiCollectives, GaudiCalibration, GaudiServing, BackendCore):
     """Builds and runs the seeds' commands on Gaudi2/Gaudi3 nodes."""
 
     name = "gaudi"
