@@ -201,11 +201,18 @@ def stage(request: pytest.FixtureRequest, harness_session: HarnessSession, cell:
 
 
 @pytest.fixture(scope="session")
-def server(
-    request: pytest.FixtureRequest, harness_session: HarnessSession, cell: Cell
-) -> Iterator[Any]:
+def calibration(harness_session: HarnessSession, cell: Cell) -> Any:
+    """The cell's FP8 calibration artifacts (None for BF16): calibrate once, derive many."""
+    from harness.stages import calibration as calibration_stage
+
+    with as_pytest_outcomes():
+        return calibration_stage.ensure(harness_session, cell)
+
+
+@pytest.fixture(scope="session")
+def server(harness_session: HarnessSession, cell: Cell, calibration: Any) -> Iterator[Any]:
     """One server per cell, shared by its serving, accuracy and throughput stages."""
     from harness.stages import serving
 
-    with as_pytest_outcomes(), serving.serve(harness_session, cell) as handle:
+    with as_pytest_outcomes(), serving.serve(harness_session, cell, calibration) as handle:
         yield handle
