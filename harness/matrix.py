@@ -43,9 +43,9 @@ class DeviceFacts(BaseModel):
 DEVICES: dict[str, DeviceFacts] = {
     "g2": DeviceFacts(cards_per_node=8, kv_cache_dtypes=("auto", "fp8_inc"), backend="gaudi"),
     "g3": DeviceFacts(cards_per_node=8, kv_cache_dtypes=("auto", "fp8_inc"), backend="gaudi"),
-    # A cpu "card" is one rank process; two cores here, so two ranks per node.
+    # A cpu "card" is one rank process; whether this host has the cores is the backend's check.
     "cpu": DeviceFacts(
-        cards_per_node=2,
+        cards_per_node=8,
         kv_cache_dtypes=("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
         backend="cpu",
     ),

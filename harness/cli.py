@@ -1,0 +1,106 @@
+"""`harness` command line: plan a matrix, validate it, read results, and the measurement tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """Print the plan through pytest, so it is exactly what `pytest suites --plan` shows."""
+    import pytest
+
+    argv = [str(SUITES_DIR), "--plan", "-q", "-p", "no:cacheprovider", "--matrix", args.matrix]
+    if args.backend:
+        argv += ["--backend", args.backend]
+    if args.cells:
+        argv += ["--cells", args.cells]
+    if args.stages:
+        argv += ["--stages", args.stages]
+    return int(pytest.main(argv))
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from harness.matrix import load_matrix
+
+    matrix = load_matrix(args.matrix)
+    print(f"{matrix.path}: {len(matrix.cells)} cells, backend {matrix.backend}")
+    for cell in matrix.cells:
+        print(f"  {cell.id}  stages: {', '.join(s.value for s in cell.stages)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.report.markdown import render_summary
+    from harness.results import ResultStore
+    from harness.results import read_records
+
+    store = ResultStore(Path(args.results_dir))
+    run_id = args.run or store.latest()
+    if run_id is None:
+        raise HarnessError(f"{args.results_dir}: no runs found (run `make qualify` first)")
+    path = store.root / run_id / "results.jsonl"
+    if not path.is_file():
+        raise HarnessError(f"{path}: no such run; runs: {', '.join(store.runs()) or 'none'}")
+    context = next((r for r in read_records(path) if r.get("kind") == "run"), {})
+    print(render_summary(store.load(run_id), str(context.get("matrix_name", "?")), run_id), end="")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from harness.results import ResultStore
+
+    for run_id in ResultStore(Path(args.results_dir)).runs():
+        print(run_id)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="Print every cell's stages with exact commands; run nothing")
+    plan.add_argument("--matrix", default="smoke-cpu", metavar="NAME|PATH")
+    plan.add_argument("--backend", choices=("cpu", "gaudi"))
+    plan.add_argument("--cells", metavar="GLOBS")
+    plan.add_argument("--stages", metavar="STAGES")
+    plan.set_defaults(func=_cmd_plan)
+
+    validate = sub.add_parser("validate", help="Load a matrix and list its cells")
+    validate.add_argument("--matrix", default="smoke-cpu", metavar="NAME|PATH")
+    validate.set_defaults(func=_cmd_validate)
+
+    report = sub.add_parser("report", help="Print the Markdown summary of a run (default: latest)")
+    report.add_argument("run", nargs="?", help="Run id (a directory under --results-dir)")
+    report.add_argument("--results-dir", default="reports", metavar="DIR")
+    report.set_defaults(func=_cmd_report)
+
+    runs = sub.add_parser("runs", help="List stored runs, oldest first")
+    runs.add_argument("--results-dir", default="reports", metavar="DIR")
+    runs.set_defaults(func=_cmd_runs)
+
+    try:
+        from harness.measurements.cli import add_subparser
+    except ImportError:
+        pass
+    else:
+        add_subparser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HarnessError as exc:
+        print(f"harness {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""Matrix loading, validation messages, expansion and ids."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.cell import Stage
+from harness.errors import MatrixError
+from harness.matrix import load_matrix
+from harness.matrix import resolve_matrix_path
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "matrices"
+
+GOOD = """
+name: t
+models:
+  dense: {path: /m/dense, num_attention_heads: 8}
+  moe: {path: /m/moe, moe: true, num_experts: 8}
+axes:
+  device: [cpu]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "m.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+MALFORMED = [
+    ("empty-file", "", r"the file is empty"),
+    ("not-a-mapping", "- a\n- b\n", r"top level must be a mapping, got list"),
+    ("bad-yaml", "name: [unclosed\n", r"invalid YAML at line \d+, column \d+"),
+    ("tab-indent", "name: t\nmodels:\n\tm: {}\n", r"invalid YAML"),
+    ("missing-name", "models: {m: {path: /m}}\n", r"name: required key is missing"),
+    ("missing-models", "name: t\n", r"models: required key is missing"),
+    ("unknown-top-key", GOOD + "stagez: [serving]\n", r"stagez: unknown key"),
+    ("unknown-model-key", "name: t\nmodels: {m: {pth: /m}}\n", r"models\.m\.pth: unknown key"),
+    ("unknown-axis-key", GOOD + "  tpp: [1]\n", r"axes\.tpp: unknown key"),
+    ("tp-not-int", GOOD + "  tp: [one]\n", r"axes\.tp\[0\]: .*integer"),
+    ("tp-zero", GOOD + "  tp: [0]\n", r"axes\.tp: .*0 is not a positive integer"),
+    ("tp-not-list", GOOD + "  tp: 2\n", r"axes\.tp: .*list"),
+    ("unknown-device", GOOD.replace("[cpu]", "[g4]"), r"axes\.device\[0\]: .*'g2', 'g3' or 'cpu'"),
+    ("bad-quantization", GOOD + "  quantization: [int4]\n", r"axes\.quantization\[0\]"),
+    ("unknown-stage", GOOD + "stages: [preflight, servng]\n", r"stages\[1\]"),
+    ("num-experts-negative", "name: t\nmodels: {m: {num_experts: -1}}\n", r"num_experts"),
+    (
+        "kv-dtype-unknown-to-device",
+        GOOD + "  kv_cache_dtype: [fp8_inc]\n",
+        r"cell dense/cpu/tp1/bf16-kv-fp8_inc: kv_cache_dtype 'fp8_inc' is unknown to cpu",
+    ),
+    (
+        "tp-beyond-one-node",
+        GOOD.replace("[cpu]", "[g2]") + "  tp: [16]\n",
+        r"TP=16 exceeds the 8 cards of one g2 node; set nodes: 2",
+    ),
+    (
+        "tp-pp-beyond-cards",
+        GOOD.replace("[cpu]", "[g2]") + "  tp: [8]\n  pp: [2]\n",
+        r"needs 16 cards .* 1 node\(s\) of g2 have 8",
+    ),
+    (
+        "ep-on-dense-model",
+        "name: t\nmodels: {dense: {path: /m}}\naxes: {device: [cpu], ep: [2]}\n",
+        r"EP=2 on model 'dense' which has no experts",
+    ),
+    (
+        "ep-not-dividing-experts",
+        "name: t\nmodels: {moe: {moe: true, num_experts: 6}}\naxes: {device: [g2], ep: [4]}\n",
+        r"EP=4 does not divide the 6 experts of 'moe'",
+    ),
+    (
+        "tp-not-dividing-heads",
+        "name: t\nmodels: {d: {num_attention_heads: 6}}\naxes: {device: [g2], tp: [4]}\n",
+        r"TP=4 does not divide the 6 attention heads of 'd'",
+    ),
+    (
+        "moe-without-experts",
+        "name: t\nmodels: {m: {moe: true}}\naxes: {device: [cpu]}\n",
+        r"model 'm' is MoE but num_experts is not set",
+    ),
+    (
+        "unknown-model-in-axes",
+        GOOD + "  model: [dens]\n",
+        r"axes\.model: unknown model 'dens'\. Did you mean: dense\?",
+    ),
+    (
+        "exclude-unknown-axis",
+        GOOD + "exclude:\n  - {dtype: fp8}\n",
+        r"exclude\[0\]\.dtype: unknown axis 'dtype'",
+    ),
+    (
+        "include-without-model",
+        GOOD + "include:\n  - {tp: 2}\n",
+        r"include\[0\]: an include rule must name its model",
+    ),
+    (
+        "gate-key-without-stage",
+        GOOD + "gates:\n  busbw: {min: 1}\n",
+        r"gates\.busbw: gate keys are '<stage>\.<metric>'",
+    ),
+    (
+        "gate-without-bound",
+        GOOD + "gates:\n  accuracy.em: {tolerance: 0.1}\n",
+        r"gates\.accuracy\.em",
+    ),
+    (
+        "gate-unknown-field",
+        GOOD + "gates:\n  accuracy.em: {minimum: 0.1}\n",
+        r"gates\.accuracy\.em\.minimum: unknown key",
+    ),
+    (
+        "settings-unknown-stage",
+        GOOD + "settings:\n  acuracy: {limit: 3}\n",
+        r"settings\.acuracy: unknown key",
+    ),
+    (
+        "settings-wrong-type",
+        GOOD + "settings:\n  accuracy: {limit: many}\n",
+        r"settings\.accuracy\.limit: .*integer",
+    ),
+    (
+        "override-settings-wrong-type",
+        GOOD + "overrides:\n  - cells: 'moe/*'\n    settings: {throughput: {concurrencies: [x]}}\n",
+        r"overrides\[0\]\.settings\.throughput\.concurrencies\[0\]",
+    ),
+    (
+        "override-without-cells",
+        GOOD + "overrides:\n  - gates: {}\n",
+        r"overrides\[0\]\.cells: required key",
+    ),
+    ("everything-excluded", GOOD + "exclude:\n  - {device: cpu}\n", r"expands to no cells"),
+    ("backend-unknown", GOOD + "backend: tpu\n", r"backend: .*'cpu' or 'gaudi'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
+)
+def test_malformed_matrix_gets_one_clear_message_naming_file_and_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(MatrixError, match=expected) as info:
+        load_matrix(path)
+    assert str(path.resolve()) in str(info.value) or str(path) in str(info.value)
+    assert "Traceback" not in str(info.value)
+
+
+def test_at_least_twenty_malformed_cases_are_covered():
+    assert len(MALFORMED) >= 20
+
+
+def test_product_expands_with_readable_stable_ids(tmp_path):
+    matrix = load_matrix(write(tmp_path, GOOD + "  tp: [1, 2]\n  quantization: [bf16, fp8]\n"))
+    ids = [c.id for c in matrix.cells]
+    assert ids[:4] == [
+        "dense/cpu/tp1/bf16-kv-auto",
+        "dense/cpu/tp1/fp8-kv-auto",
+        "dense/cpu/tp2/bf16-kv-auto",
+        "dense/cpu/tp2/fp8-kv-auto",
+    ]
+    assert len(ids) == len(set(ids)) == 8
+    assert ids == [
+        c.id
+        for c in load_matrix(
+            write(tmp_path, GOOD + "  tp: [1, 2]\n  quantization: [bf16, fp8]\n", "again.yaml")
+        ).cells
+    ]
+
+
+def test_ids_show_nodes_pp_and_ep_only_when_used(tmp_path):
+    text = """
+    name: t
+    models: {moe: {moe: true, num_experts: 32}}
+    axes: {device: [g2], tp: [16], pp: [1], ep: [16], nodes: [2], quantization: [fp8], kv_cache_dtype: [fp8_inc]}
+    include:
+      - {model: moe, device: g2, tp: 8, pp: 2, nodes: 2, quantization: fp8}
+    """
+    ids = [c.id for c in load_matrix(write(tmp_path, text)).cells]
+    assert ids == ["moe/g2-n2/tp16-ep16/fp8-kv-fp8_inc", "moe/g2-n2/tp8-pp2/fp8-kv-auto"]
+
+
+def test_bf16_cells_have_no_calibration_stage(tmp_path):
+    cells = load_matrix(write(tmp_path, GOOD + "  quantization: [bf16, fp8]\n")).cells
+    bf16, fp8 = cells[0], cells[1]
+    assert Stage.CALIBRATION not in bf16.stages
+    assert Stage.CALIBRATION in fp8.stages
+
+
+def test_exclude_removes_matching_cells_and_include_adds_new_ones(tmp_path):
+    text = (
+        GOOD
+        + """  quantization: [bf16, fp8]
+exclude:
+  - {model: moe}
+  - {model: dense, quantization: fp8}
+include:
+  - {model: moe, ep: 2, quantization: fp8, kv_cache_dtype: fp8}
+  - {model: dense, quantization: bf16}
+"""
+    )
+    ids = [c.id for c in load_matrix(write(tmp_path, text)).cells]
+    assert ids == ["dense/cpu/tp1/bf16-kv-auto", "moe/cpu/tp1-ep2/fp8-kv-fp8"]
+
+
+def test_per_model_axes_replace_the_matrix_axes_for_that_model():
+    matrix = load_matrix(DATA / "base.yaml")
+    moe_eps = sorted({c.ep for c in matrix.cells if c.model.name == "m-moe"})
+    dense_eps = {c.ep for c in matrix.cells if c.model.name == "m-dense"}
+    assert moe_eps == [1, 2, 4]
+    assert dense_eps == {1}
+
+
+def test_extends_merges_the_base_with_local_keys_winning_and_overrides_apply_per_cell():
+    matrix = load_matrix(DATA / "child.yaml")
+    assert matrix.name == "child"
+    assert all(c.quantization == "fp8" for c in matrix.cells)
+    moe = next(c for c in matrix.cells if c.model.name == "m-moe")
+    dense = next(c for c in matrix.cells if c.model.name == "m-dense")
+    assert moe.gates["accuracy.exact_match_strict"].min == 0.4
+    assert dense.gates["accuracy.exact_match_strict"].min == 0.5
+    assert moe.settings.accuracy.limit == 10
+    assert dense.settings.accuracy.limit is None
+
+
+def test_extends_cycle_is_an_error_naming_the_chain():
+    with pytest.raises(
+        MatrixError, match=r"extends cycle: .*cycle-a.yaml -> .*cycle-b.yaml -> .*cycle-a.yaml"
+    ):
+        load_matrix(DATA / "cycle-a.yaml")
+
+
+def test_unknown_matrix_name_suggests_close_names():
+    with pytest.raises(
+        MatrixError, match=r"Unknown matrix 'nightly-g4'\. Did you mean: nightly-g3"
+    ):
+        resolve_matrix_path("nightly-g4")
+
+
+def test_relative_model_path_is_relative_to_the_matrix_file(tmp_path):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    path = write(sub, "name: t\nmodels: {m: {path: ../weights/m}}\n")
+    cell = load_matrix(path).cells[0]
+    assert cell.model.path == str((tmp_path / "weights" / "m").resolve())
+
+
+@pytest.mark.parametrize("name", ["smoke-cpu", "nightly-g2", "nightly-g3", "deepseek-r1-multinode"])
+def test_shipped_matrices_load(name):
+    matrix = load_matrix(name)
+    assert matrix.cells
+    assert matrix.backend == ("cpu" if name == "smoke-cpu" else "gaudi")
+
+
+def test_multinode_matrix_has_the_seed_cells():
+    ids = {c.id for c in load_matrix("deepseek-r1-multinode").cells}
+    assert "deepseek-r1-0528/g2-n2/tp16-ep16/fp8-kv-fp8_inc" in ids
+    assert "deepseek-r1-0528/g2-n4/tp32-ep32/fp8-kv-fp8_inc" in ids
+    assert "llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc" in ids
+    assert "llama-3.1-405b/g2-n2/tp16/fp8-kv-fp8_inc" in ids
