@@ -152,9 +152,10 @@ def pytest_runtest_makereport(
     final = report.when == "call" or (report.when == "setup" and not report.passed)
     if final:
         result = harness.record(cell, stage, report, item.stash.get(RECORDER_KEY, None))
+        # like record_property: junitxml writes the item's properties with its teardown report
+        item.user_properties.append(("cell", cell.id))
         for name, value in result.metrics.items():
-            report.user_properties.append((f"{stage.value}.{name}", value))
-        report.user_properties.append(("cell", cell.id))
+            item.user_properties.append((f"{stage.value}.{name}", value))
     return report
 
 

@@ -150,9 +150,7 @@ class HarnessSession:
         status = {"passed": "passed", "failed": "failed", "skipped": "skipped"}[report.outcome]
         message = _message(report)
         if status == "failed" and cell.id not in self.failures:
-            self.failures[cell.id] = (
-                f"{stage.value} failed: {message.splitlines()[0] if message else ''}"
-            )
+            self.failures[cell.id] = f"{stage.value} failed: {_one_line(message, cell.id)}"
         result = StageResult(
             cell=cell.id,
             stage=stage.value,
@@ -187,14 +185,23 @@ class HarnessSession:
 
 
 def _message(report: pytest.TestReport) -> str:
+    """The reason a person reads: the skip reason, the failure text (short), or a crash line."""
     if report.passed:
         return ""
     if report.skipped and isinstance(report.longrepr, tuple):
         return str(report.longrepr[2]).removeprefix("Skipped: ")
+    text = report.longreprtext.strip()
     crash = getattr(report.longrepr, "reprcrash", None)
-    if crash is not None:
+    if crash is not None and text.count("\n") > 20:  # a real traceback: keep its last word
         return str(crash.message).removeprefix("Failed: ")
-    return str(report.longrepr)[-2000:]
+    return text.removeprefix("Failed: ")[-4000:]
+
+
+def _one_line(message: str, cell_id: str, limit: int = 400) -> str:
+    """A failure as one line for later stages' skip reason: no cell prefix, hints kept."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    text = text.removeprefix(f"{cell_id} ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _relative(artifacts: Mapping[str, str], root: Path) -> dict[str, str]:
@@ -208,14 +215,20 @@ def _relative(artifacts: Mapping[str, str], root: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def as_pytest_outcomes() -> Iterator[None]:
     """Harness outcomes as pytest ones: skips skip, failures fail, no traceback."""
+    skip, fail = None, None
     try:
         yield
     except StageSkipped as exc:
-        pytest.skip(str(exc))
+        skip = str(exc)
     except GateFailed as exc:
-        pytest.fail(f"gate failed:\n{exc}", pytrace=False)
+        fail = f"gate failed:\n{exc}"
     except HarnessError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        fail = str(exc)
+    # raised outside the except blocks and `from None`: the report shows the message, no chain
+    if skip is not None:
+        raise pytest.skip.Exception(skip) from None
+    if fail is not None:
+        raise pytest.fail.Exception(fail, pytrace=False) from None
 
 
 class StageRun:

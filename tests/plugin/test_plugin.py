@@ -1,0 +1,207 @@
+"""The plugin end to end through pytester: options, ids, order, skips, results and plan."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+MATRIX = """
+name: plugtest
+backend: cpu
+models:
+  alpha: {path: /nonexistent/alpha}
+  beta: {path: /nonexistent/beta}
+axes:
+  device: [cpu]
+  quantization: [bf16]
+stages: [preflight, collectives]
+settings:
+  preflight: {min_memory_gb: 0.01, min_free_disk_gb: 0.01}
+"""
+
+SUITE = """
+import pytest
+
+pytestmark = pytest.mark.preflight
+
+def test_preflight(cell, stage):
+    stage.run()
+"""
+
+# A user-written stage test: the plugin orders, records and blocks it like the shipped suites.
+SLOW_COLLECTIVES = """
+import time
+import pytest
+
+pytestmark = pytest.mark.collectives
+
+def test_collectives(cell, stage):
+    stage.recorder.metric("probe", 1)
+    time.sleep(float(__import__("os").environ.get("SLOW_S", "0")))
+"""
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makefile(".yaml", m=MATRIX)
+    pytester.makepyfile(test_pre=SUITE, test_coll=SLOW_COLLECTIVES)
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest(
+        "--matrix", "m.yaml", "--results-dir", "out", "-p", "no:randomly", *args
+    )
+
+
+def records(pytester: pytest.Pytester) -> list[dict]:
+    runs = sorted((pytester.path / "out").iterdir())
+    lines = (runs[-1] / "results.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_each_cell_and_stage_is_an_item_ordered_by_cell_then_stage(project):
+    result = run(project, "-v")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_pre.py::test_preflight?alpha/cpu/tp1/bf16-kv-auto? PASSED*",
+            "*test_coll.py::test_collectives?alpha/cpu/tp1/bf16-kv-auto? PASSED*",
+            "*test_pre.py::test_preflight?beta/cpu/tp1/bf16-kv-auto? PASSED*",
+            "*test_coll.py::test_collectives?beta/cpu/tp1/bf16-kv-auto? PASSED*",
+        ]
+    )
+
+
+def test_results_jsonl_has_a_run_line_then_one_record_per_stage(project):
+    run(project)
+    recs = records(project)
+    assert recs[0]["kind"] == "run"
+    assert recs[0]["matrix_name"] == "plugtest"
+    stages = [(r["cell"], r["stage"], r["status"]) for r in recs[1:]]
+    assert stages == [
+        ("alpha/cpu/tp1/bf16-kv-auto", "preflight", "passed"),
+        ("alpha/cpu/tp1/bf16-kv-auto", "collectives", "passed"),
+        ("beta/cpu/tp1/bf16-kv-auto", "preflight", "passed"),
+        ("beta/cpu/tp1/bf16-kv-auto", "collectives", "passed"),
+    ]
+    assert recs[1]["metrics"]["checks_fail"] == 0
+    assert recs[2]["metrics"]["probe"] == 1
+
+
+def test_a_failed_stage_skips_the_later_stages_of_its_cell_only(project):
+    project.makefile(
+        ".yaml",
+        m=MATRIX.replace(
+            "stages: [preflight, collectives]",
+            "stages: [preflight, collectives]\noverrides:\n  - cells: 'alpha/*'\n"
+            "    settings: {preflight: {min_memory_gb: 1000000}}",
+        ),
+    )
+    result = run(project, "-rs")
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*earlier stage preflight failed: *memory*"])
+    recs = {(r["cell"], r["stage"]): r for r in records(project)[1:]}
+    assert recs[("alpha/cpu/tp1/bf16-kv-auto", "collectives")]["status"] == "skipped"
+    assert "fix: stop other jobs" in recs[("alpha/cpu/tp1/bf16-kv-auto", "preflight")]["message"]
+    assert recs[("beta/cpu/tp1/bf16-kv-auto", "collectives")]["status"] == "passed"
+
+
+def test_cells_and_stages_options_select_items(project):
+    result = run(project, "--cells", "beta/*", "--stages", "collectives", "-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_collectives?beta/cpu/tp1/bf16-kv-auto? PASSED*"])
+
+
+def test_standard_k_and_m_still_select(project):
+    run(project, "-k", "alpha").assert_outcomes(passed=2)
+    run(project, "-m", "collectives and cpu").assert_outcomes(passed=2)
+
+
+def test_junit_xml_carries_stage_metrics_as_properties(project):
+    run(project, "--junitxml", "junit.xml")
+    xml = (project.path / "junit.xml").read_text()
+    assert 'name="preflight.checks_fail" value="0"' in xml
+    assert 'name="cell" value="alpha/cpu/tp1/bf16-kv-auto"' in xml
+
+
+def test_summary_table_is_written_and_printed(project):
+    result = run(project)
+    result.stdout.fnmatch_lines(
+        [
+            "*harness summary*",
+            "| cell | preflight | collectives |",
+            "| alpha/cpu/tp1/bf16-kv-auto | PASS*",
+        ]
+    )
+    runs = sorted((project.path / "out").iterdir())
+    assert "| beta/cpu/tp1/bf16-kv-auto | PASS" in (runs[-1] / "summary.md").read_text()
+
+
+def test_plan_prints_cells_and_stages_and_runs_nothing(project):
+    result = run(project, "--plan")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        ["cell alpha/cpu/tp1/bf16-kv-auto*", "  [preflight]*", "  [collectives]*"]
+    )
+    assert not (project.path / "out").exists()
+
+
+def test_bad_matrix_is_a_usage_error_not_a_traceback(project):
+    project.makefile(".yaml", m="name: x\nmodels: {a: {pth: 1}}\n")
+    result = run(project)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*m.yaml: models.a.pth: unknown key*"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_bad_stages_option_quotes_the_value(project):
+    result = run(project, "--stages", "preflight,servng")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown stage 'servng'*"])
+
+
+def test_a_killed_run_keeps_the_stages_it_finished(project):
+    """SIGKILL mid-run: finished stages are already on disk, each line whole."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--matrix",
+            "m.yaml",
+            "--results-dir",
+            "out",
+            "-p",
+            "no:randomly",
+            "-q",
+        ],
+        cwd=project.path,
+        env={**__import__("os").environ, "SLOW_S": "60"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            files = list((project.path / "out").glob("*/results.jsonl"))
+            if files and '"preflight"' in files[0].read_text():
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no preflight record appeared within 60 s")
+    finally:
+        __import__("os").killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    recs = [json.loads(line) for line in files[0].read_text().splitlines()]
+    assert [r.get("stage") for r in recs] == [None, "preflight"]
+    assert recs[1]["status"] == "passed"
