@@ -51,6 +51,22 @@ class ModelFacts:
         return self.path or self.hub_id or self.name
 
 
+DEFAULT_SETTINGS = StageSettings()
+
+
+def format_cell_id(
+    model: str, device: str, nodes: int, tp: int, pp: int, ep: int, quantization: str, kv: str
+) -> str:
+    """`model/device[-nN]/tpT[-ppP][-epE]/quant-kv-dtype`: readable and stable across runs."""
+    place = device if nodes == 1 else f"{device}-n{nodes}"
+    par = f"tp{tp}"
+    if pp > 1:
+        par += f"-pp{pp}"
+    if ep > 1:
+        par += f"-ep{ep}"
+    return f"{model}/{place}/{par}/{quantization}-kv-{kv}"
+
+
 @dataclass(frozen=True, slots=True)
 class Cell:
     """A matrix point. Immutable; `id` is stable across runs for history and baselines."""
@@ -65,19 +81,22 @@ class Cell:
     quantization: str = "bf16"
     stages: tuple[Stage, ...] = STAGE_ORDER
     gates: dict[str, dict[str, float]] = field(default_factory=dict, hash=False, compare=False)
-    settings: StageSettings = field(default_factory=StageSettings, hash=False, compare=False)
+    settings: StageSettings = field(default=DEFAULT_SETTINGS, hash=False, compare=False)
     backend_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     index: int = field(default=0, compare=False)
 
     @property
     def id(self) -> str:
-        place = self.device if self.nodes == 1 else f"{self.device}-n{self.nodes}"
-        par = f"tp{self.tp}"
-        if self.pp > 1:
-            par += f"-pp{self.pp}"
-        if self.ep > 1:
-            par += f"-ep{self.ep}"
-        return f"{self.model.name}/{place}/{par}/{self.quantization}-kv-{self.kv_cache_dtype}"
+        return format_cell_id(
+            self.model.name,
+            self.device,
+            self.nodes,
+            self.tp,
+            self.pp,
+            self.ep,
+            self.quantization,
+            self.kv_cache_dtype,
+        )
 
     @property
     def world_size(self) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import fnmatch
 import hashlib
@@ -23,6 +22,7 @@ from harness.cell import STAGE_NAMES
 from harness.cell import Cell
 from harness.cell import ModelFacts
 from harness.cell import Stage
+from harness.cell import format_cell_id
 from harness.errors import MatrixError
 from harness.gates import GateSpec
 from harness.gates import merge_gates
@@ -289,29 +289,61 @@ def expand(spec: MatrixSpec, path: Path) -> list[Cell]:
     points = [p for p in _points(spec, path) if not any(_matches(p, r) for r in spec.exclude)]
     for rule in spec.include:
         points.append({**AXIS_DEFAULTS, **rule})
-    stage_settings_cache: dict[tuple[int, ...], tuple[StageSettings, dict, dict]] = {}
-    base_gates = {k: v for k, v in spec.gates.items()}
-    _check_gate_keys(base_gates, path, "gates")
+    resolved: dict[tuple[int, ...], tuple[StageSettings, dict, dict]] = {}
+    _check_gate_keys(spec.gates, path, "gates")
     for i, ov in enumerate(spec.overrides):
         _check_gate_keys(ov.gates, path, f"overrides[{i}].gates")
+    facts = {name: _model_facts(name, m, path) for name, m in spec.models.items()}
     cells: list[Cell] = []
-    seen: dict[str, int] = {}
-    for point in points:
-        cell = _make_cell(spec, path, point, len(cells))
-        applied = tuple(
-            i for i, ov in enumerate(spec.overrides) if fnmatch.fnmatchcase(cell.id, ov.cells)
+    seen: set[str] = set()
+    for p in points:
+        if p["model"] not in facts:
+            raise MatrixError(path, "include", _unknown("model", p["model"], spec.models))
+        cell_id = format_cell_id(
+            p["model"],
+            p["device"],
+            p["nodes"],
+            p["tp"],
+            p["pp"],
+            p["ep"],
+            p["quantization"],
+            p["kv_cache_dtype"],
         )
-        if applied not in stage_settings_cache:
-            stage_settings_cache[applied] = _resolve(spec, path, applied, base_gates)
-        settings, gates, options = stage_settings_cache[applied]
-        cell = _with(cell, settings, gates, options)
-        if cell.id in seen:
+        if cell_id in seen:
             continue  # an include rule that repeats a product point adds nothing
-        seen[cell.id] = len(cells)
+        seen.add(cell_id)
+        applied = tuple(
+            i for i, ov in enumerate(spec.overrides) if fnmatch.fnmatchcase(cell_id, ov.cells)
+        )
+        if applied not in resolved:
+            resolved[applied] = _resolve(spec, path, applied, spec.gates)
+        settings, gates, options = resolved[applied]
+        cell = Cell(
+            model=facts[p["model"]],
+            device=p["device"],
+            tp=p["tp"],
+            pp=p["pp"],
+            ep=p["ep"],
+            nodes=p["nodes"],
+            kv_cache_dtype=p["kv_cache_dtype"],
+            quantization=p["quantization"],
+            stages=_stages(spec, p["quantization"]),
+            gates=gates,
+            settings=settings,
+            backend_options=options,
+            index=len(cells),
+        )
+        reason = invalid_reason(cell)
+        if reason:
+            raise MatrixError(path, f"cell {cell_id}", reason)
         cells.append(cell)
     if not cells:
         raise MatrixError(path, "axes", "the matrix expands to no cells; check axes and exclude")
     return cells
+
+
+def _stages(spec: MatrixSpec, quantization: str) -> tuple[Stage, ...]:
+    return tuple(s for s in spec.stages if quantization == "fp8" or s not in FP8_ONLY_STAGES)
 
 
 def _check_gate_keys(gates: dict[str, GateSpec], path: Path, where: str) -> None:
@@ -346,16 +378,8 @@ def _resolve(
     return resolved, gates, options
 
 
-def _with(cell: Cell, settings: StageSettings, gates: dict, options: dict) -> Cell:
-    return dataclasses.replace(cell, settings=settings, gates=gates, backend_options=options)
-
-
-def _make_cell(spec: MatrixSpec, path: Path, p: dict[str, Any], index: int) -> Cell:
-    name = p["model"]
-    if name not in spec.models:
-        raise MatrixError(path, "include", _unknown("model", name, spec.models))
-    m = spec.models[name]
-    facts = ModelFacts(
+def _model_facts(name: str, m: ModelSpec, path: Path) -> ModelFacts:
+    return ModelFacts(
         name=name,
         path=_resolve_model_path(path, m.path),
         hub_id=m.hub_id,
@@ -366,23 +390,6 @@ def _make_cell(spec: MatrixSpec, path: Path, p: dict[str, Any], index: int) -> C
         num_kv_heads=m.num_kv_heads,
         served_name=m.served_name,
     )
-    stages = tuple(s for s in spec.stages if p["quantization"] == "fp8" or s not in FP8_ONLY_STAGES)
-    cell = Cell(
-        model=facts,
-        device=p["device"],
-        tp=p["tp"],
-        pp=p["pp"],
-        ep=p["ep"],
-        nodes=p["nodes"],
-        kv_cache_dtype=p["kv_cache_dtype"],
-        quantization=p["quantization"],
-        stages=stages,
-        index=index,
-    )
-    reason = invalid_reason(cell)
-    if reason:
-        raise MatrixError(path, f"cell {cell.id}", reason)
-    return cell
 
 
 def _resolve_model_path(matrix_path: Path, model_path: str | None) -> str | None:

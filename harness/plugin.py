@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Generator
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -104,9 +103,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             f"{metafunc.definition.nodeid}: a suite test needs a stage marker "
             "(pytestmark = pytest.mark.<stage>) and a matrix (--matrix)"
         )
-    cells = session.cells_for(stage)
-    params = [pytest.param(c, id=c.id, marks=getattr(pytest.mark, c.device)) for c in cells]
-    metafunc.parametrize("cell", params, scope="session")
+    params = [session.param_for(c) for c in session.cells_for(stage)]
+    # function scope: the session groups items by cell and owns per-cell resources, which
+    # spares pytest's session-scope reordering (seconds for a 10,000-cell matrix)
+    metafunc.parametrize("cell", params)
 
 
 @pytest.hookimpl(trylast=True)
@@ -159,6 +159,12 @@ def pytest_runtest_makereport(
     return report
 
 
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    harness = _session(item.config)
+    if harness is not None:
+        harness.item_done(item, nextitem)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     harness = _session(session.config)
     if harness is not None and not hasattr(session.config, "workerinput"):
@@ -201,19 +207,16 @@ def stage(request: pytest.FixtureRequest, harness_session: HarnessSession, cell:
     return StageRun(harness_session.context(cell, which, recorder))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def calibration(harness_session: HarnessSession, cell: Cell) -> Any:
     """The cell's FP8 calibration artifacts (None for BF16): calibrate once, derive many."""
-    from harness.stages import calibration as calibration_stage
-
     with as_pytest_outcomes():
-        return calibration_stage.ensure(harness_session, cell)
+        return harness_session.calibration_for(cell)
 
 
-@pytest.fixture(scope="session")
-def server(harness_session: HarnessSession, cell: Cell, calibration: Any) -> Iterator[Any]:
-    """One server per cell, shared by its serving, accuracy and throughput stages."""
-    from harness.stages import serving
-
-    with as_pytest_outcomes(), serving.serve(harness_session, cell, calibration) as handle:
-        yield handle
+@pytest.fixture
+def server(harness_session: HarnessSession, cell: Cell) -> Any:
+    """The cell's server: started once, shared by its serving, accuracy and throughput stages,
+    stopped after the cell's last stage (the session keeps it; items run grouped by cell)."""
+    with as_pytest_outcomes():
+        return harness_session.server_for(cell)

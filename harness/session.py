@@ -37,12 +37,19 @@ from harness.stages import runner_for
 STAGE_MARKERS = {s.value: s for s in Stage}
 
 
+_STAGE_KEY = pytest.StashKey["Stage | None"]()
+
+
 def stage_of(item: pytest.Item) -> Stage | None:
     """The stage a suite test belongs to: its stage marker (`pytestmark = pytest.mark.<stage>`)."""
-    for mark in item.iter_markers():
-        if mark.name in STAGE_MARKERS:
-            return STAGE_MARKERS[mark.name]
-    return None
+    if _STAGE_KEY not in item.stash:
+        found = None
+        for mark in item.iter_markers():
+            if mark.name in STAGE_MARKERS:
+                found = STAGE_MARKERS[mark.name]
+                break
+        item.stash[_STAGE_KEY] = found
+    return item.stash[_STAGE_KEY]
 
 
 def cell_of(item: pytest.Item) -> Cell | None:
@@ -78,6 +85,9 @@ class HarnessSession:
         self.failures: dict[str, str] = {}
         self.results: dict[tuple[str, str], StageResult] = {}
         self._opened = False
+        self._calibrations: dict[str, Any] = {}
+        self._params: dict[str, Any] = {}
+        self._server: tuple[str, Any, contextlib.ExitStack] | None = None
 
     # selection -----------------------------------------------------------
     def cells_for(self, stage: Stage) -> list[Cell]:
@@ -89,6 +99,14 @@ class HarnessSession:
     def _cell_selected(self, cell: Cell) -> bool:
         globs = self.options.cells
         return globs is None or any(fnmatch.fnmatchcase(cell.id, g) for g in globs)
+
+    def param_for(self, cell: Cell) -> Any:
+        """The cell as a pytest parameter (id and device marker), built once for all suites."""
+        param = self._params.get(cell.id)
+        if param is None:
+            param = pytest.param(cell, id=cell.id, marks=getattr(pytest.mark, cell.device))
+            self._params[cell.id] = param
+        return param
 
     @staticmethod
     def sort_key(item: pytest.Item) -> tuple[int, int, str]:
@@ -170,8 +188,45 @@ class HarnessSession:
             self.store.append(result)
         return result
 
+    # per-cell resources: items run grouped by cell, so one of each is alive at a time ----------
+    def calibration_for(self, cell: Cell) -> Any:
+        """The cell's calibration artifacts, computed once per cell (None for BF16)."""
+        if cell.id not in self._calibrations:
+            from harness.stages import calibration
+
+            self._calibrations[cell.id] = calibration.ensure(self, cell)
+        return self._calibrations[cell.id]
+
+    def server_for(self, cell: Cell) -> Any:
+        """The cell's running server, started on first use and shared by its later stages."""
+        if self._server is not None and self._server[0] == cell.id:
+            return self._server[1]
+        self.stop_server()
+        from harness.stages import serving
+
+        calibration = self.calibration_for(cell)
+        stack = contextlib.ExitStack()
+        handle = stack.enter_context(serving.serve(self, cell, calibration))
+        self._server = (cell.id, handle, stack)
+        return handle
+
+    def stop_server(self) -> None:
+        if self._server is not None:
+            _, _, stack = self._server
+            self._server = None
+            stack.close()
+
+    def item_done(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """Stop the cell's server once its last stage has run (not at session end)."""
+        if self._server is None:
+            return
+        upcoming = cell_of(nextitem) if nextitem is not None else None
+        if upcoming is None or upcoming.id != self._server[0]:
+            self.stop_server()
+
     def finish(self) -> str | None:
         """Stop leftover processes, write summary.md; return the summary text."""
+        self.stop_server()
         kill_all_groups()
         if not self.store.path.is_file():
             return None
