@@ -21,6 +21,7 @@ from harness.session import StageRun
 from harness.session import as_pytest_outcomes
 from harness.session import cell_of
 from harness.session import stage_of
+from harness.session import stop_on_sigterm
 from harness.stages import Recorder
 
 SESSION_KEY = pytest.StashKey[HarnessSession]()
@@ -58,8 +59,20 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
-    run_id = getattr(config, "workerinput", {}).get("harness_run_id")
-    config.stash[SESSION_KEY] = HarnessSession(options, matrix, backend, run_id)
+    worker = getattr(config, "workerinput", None)
+    run_id = worker.get("harness_run_id") if worker else None
+    config.stash[SESSION_KEY] = HarnessSession(options, matrix, backend, run_id, worker is not None)
+    stop_on_sigterm()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist: keep all stages of a cell on one worker, in order (one server per cell)."""
+    if _session(config) is None:
+        return None
+    from harness.xdist_scheduling import CellScheduling
+
+    return CellScheduling(config, log)
 
 
 def _session(config: pytest.Config) -> HarnessSession | None:
@@ -71,7 +84,7 @@ def pytest_configure_node(node: Any) -> None:
     """xdist: every worker appends to the controller's run."""
     session = _session(node.config)
     if session is not None:
-        session.open_store(is_worker=False)
+        session.open_store()
         node.workerinput["harness_run_id"] = session.store.run_id
 
 

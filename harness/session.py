@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import platform
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -52,6 +54,20 @@ def stage_of(item: pytest.Item) -> Stage | None:
     return item.stash[_STAGE_KEY]
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (CI timeouts, `kill`) into KeyboardInterrupt so pytest unwinds: fixtures and
+    sessionfinish run and every process group the harness started is stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def cell_of(item: pytest.Item) -> Cell | None:
     callspec = getattr(item, "callspec", None)
     value = callspec.params.get("cell") if callspec else None
@@ -76,8 +92,14 @@ class HarnessSession:
     """Holds the matrix, backend and run store; the plugin's hooks call into it."""
 
     def __init__(
-        self, options: RunOptions, matrix: Matrix, backend: Backend, run_id: str | None = None
+        self,
+        options: RunOptions,
+        matrix: Matrix,
+        backend: Backend,
+        run_id: str | None = None,
+        is_worker: bool = False,
     ) -> None:
+        self.is_worker = is_worker  # an xdist worker appends to the controller's run
         self.options = options
         self.matrix = matrix
         self.backend = backend
@@ -114,12 +136,12 @@ class HarnessSession:
         return (cell.index if cell else -1, stage.order if stage else -1, item.nodeid)
 
     # run store -----------------------------------------------------------
-    def open_store(self, is_worker: bool) -> None:
+    def open_store(self) -> None:
         """The controller creates the run directory and its context line; workers append."""
         if self._opened or self.options.plan:
             return
         self._opened = True
-        if is_worker:
+        if self.is_worker:
             return
         self.store.open(
             {
@@ -145,7 +167,7 @@ class HarnessSession:
         return self.backend.skip_reason(cell, stage)
 
     def context(self, cell: Cell, stage: Stage, recorder: Recorder) -> StageContext:
-        self.open_store(is_worker=False)
+        self.open_store()
         return StageContext(
             cell=cell,
             stage=stage,
@@ -184,7 +206,7 @@ class HarnessSession:
         )
         self.results[(cell.id, stage.value)] = result
         if not self.options.plan:
-            self.open_store(is_worker=False)
+            self.open_store()
             self.store.append(result)
         return result
 

@@ -205,3 +205,82 @@ def test_a_killed_run_keeps_the_stages_it_finished(project):
     recs = [json.loads(line) for line in files[0].read_text().splitlines()]
     assert [r.get("stage") for r in recs] == [None, "preflight"]
     assert recs[1]["status"] == "passed"
+
+
+def test_xdist_keeps_each_cell_on_one_worker_in_stage_order(project):
+    result = run(project, "-n", "2", "-v")
+    result.assert_outcomes(passed=4)
+    lines = [ln for ln in result.outlines if "PASSED" in ln and "::" in ln]
+    by_cell: dict[str, list[tuple[str, str]]] = {}
+    for ln in lines:
+        worker = ln.split("]")[0].lstrip("[")  # "[gw0] [ 25%] PASSED test_pre.py::..."
+        cell = ln.rsplit("[", 1)[1].rstrip("]").split("]")[0]
+        stage = "preflight" if "test_preflight" in ln else "collectives"
+        by_cell.setdefault(cell, []).append((worker, stage))
+    assert len(by_cell) == 2
+    for entries in by_cell.values():
+        assert len({w for w, _ in entries}) == 1
+        assert [s for _, s in entries] == ["preflight", "collectives"]
+    recs = records(project)
+    assert sum(1 for r in recs if r.get("kind") == "stage") == 4
+
+
+def test_cell_scope_is_the_parameter_id():
+    from harness.xdist_scheduling import cell_scope
+
+    assert (
+        cell_scope("suites/test_a.py::test_a[m/cpu/tp1/bf16-kv-auto]") == "m/cpu/tp1/bf16-kv-auto"
+    )
+    assert cell_scope("tests/test_x.py::test_plain") is None
+
+
+def test_sigterm_ends_the_run_cleanly_with_processes_stopped_and_records_kept(project):
+    """A user stage that started a process group; SIGTERM to pytest: the group dies, the summary is written."""
+    project.makepyfile(
+        test_coll="""
+import os, sys, time, pytest
+from harness.process import Command, ManagedProcess
+
+pytestmark = pytest.mark.collectives
+
+def test_collectives(cell, stage, tmp_path):
+    proc = ManagedProcess(Command((sys.executable, "-c", "import time; time.sleep(120)")), tmp_path / "log")
+    with open(os.environ["PIDFILE"], "a") as fh:
+        fh.write(f"{proc.pid}\\n")
+    time.sleep(120)
+"""
+    )
+    pidfile = project.path / "pids"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--matrix",
+            "m.yaml",
+            "--results-dir",
+            "out",
+            "-p",
+            "no:randomly",
+            "-q",
+        ],
+        cwd=project.path,
+        env={**__import__("os").environ, "PIDFILE": str(pidfile)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child = int(pidfile.read_text().split()[0])
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    time.sleep(0.3)
+    assert (
+        not Path(f"/proc/{child}").exists()
+        or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    )
+    summaries = list((project.path / "out").glob("*/summary.md"))
+    assert summaries, out[-3000:]
+    assert "| alpha/cpu/tp1/bf16-kv-auto | PASS" in summaries[0].read_text()
