@@ -41,3 +41,18 @@ def test_installed_environment_is_fixed():
         timeout=300,
     )
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_make_install_is_a_no_op_when_nothing_changed(repo):
+    """`make -q` exits 0 only when every target is up to date: set-up will not reinstall."""
+    if not (repo / ".venv" / ".install-stamp").exists():
+        pytest.skip("the .venv was not set up by `make install`")
+    out = subprocess.run(["make", "-q", "install"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_ci_runs_exactly_the_readme_test_command(repo):
+    ci = (repo / ".ci" / "run").read_text()
+    assert "make test" in ci
+    assert "make test" in (repo / "README.md").read_text()
+    assert "set -euo pipefail" in ci  # a failing make (pytest exit 5 included) fails CI
