@@ -55,7 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         matrix = load_matrix(options.matrix)
         backend = backends.get(
-            options.backend or matrix.backend, {"workdir": str(options.results_dir)}
+            options.backend or matrix.backend,
+            {"workdir": str(options.results_dir), "cache_dir": str(options.cache_dir)},
         )
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None

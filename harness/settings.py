@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from typing import Literal
 
 from pydantic import BaseModel
 from pydantic import ConfigDict
@@ -40,6 +41,14 @@ class CalibrationSettings(_Strict):
     postprocess: bool = True
     scale_method: str | None = None  # default: maxabs_hw on g2/g3, a CPU-valid method on cpu
     timeout_s: float = 3600.0
+    enforce_eager: bool = False  # -e
+    # cpu backend: make the scales of a Gaudi generation (maxabs_hw + device_for_scales)
+    target_device: Literal["g2", "g3"] | None = None
+    max_seq_len: int | None = 256  # cpu backend: prompt tokens per calibration sample
+    output_dir: str | None = None  # -o root (NFS for multi-node); default: the run's cache dir
+    scripts_dir: str = "vllm-gaudi/calibration"  # gaudi: where calibrate_model.sh and steps live
+    # gaudi multi-node (TP > 8): QUANT_CONFIG buffer file on NFS that every node reads
+    quant_config_buffer: str | None = None
 
 
 class ServingSettings(_Strict):

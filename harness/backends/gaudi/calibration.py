@@ -1,7 +1,207 @@
-"""Calibrate_model.sh and the step-3/5/6 tools as in the seeds."""
+"""Calibrate_model.sh and the step-3/5/6 tools as in the seeds.
+
+Single node: `./calibrate_model.sh -m -d -o -b -l -t [-r] [-u] [-e]` in vllm-gaudi's
+`calibration/` (seed 002). It writes `<out>/<model>/maxabs_{measure,quant}_<dev>.json`, exports
+QUANT_CONFIG itself, runs steps 1-4, and with `-r` unifies in place (seed 000 step 7).
+
+Multi-node (TP > 8, seeds 000/001): first ask Ray how many HPUs the cluster has (the script's
+own one-liner), create the empty QUANT_CONFIG buffer file on NFS, and run the script with
+`QUANT_CONFIG=<buffer>` and `PT_HPU_ENABLE_LAZY_COLLECTIVES=true` (plus seed 001's
+`EXPERIMENTAL_WEIGHT_SHARING=0`, `VLLM_SKIP_WARMUP=true`): the script then writes the measure,
+later the quant, config into the buffer for every node to read.
+
+MoE expert parallelism (seed 000, "Advanced Usage for MoE Models"): calibrate with `-u`, then
+`step-5-unify_measurements.py -r 1 -u -s` into `<dev>-unified-tp1/`, `step-3 -d` (DeepSeek)
+into `-post/`, `step-6-expand-measurements.py -w N` into `-expand-epN`, and a copy of the quant
+config whose `dump_stats_path` points there (seed 001: "edit the QUANT_CONFIG file").
+"""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from harness.calibration import config as configs
+from harness.calibration.key import file_digest
+from harness.calibration.recipe import CalibrationJob
+from harness.calibration.recipe import Derivation
+from harness.calibration.recipe import Recipe
+from harness.calibration.recipe import Step
+from harness.cell import Cell
+from harness.errors import HarnessError
+from harness.process import Command
+
+CARDS_PER_NODE = 8
+RAY_HPU_CHECK = 'import ray; ray.init(); print(int(ray.available_resources()["HPU"]))'
+MULTI_NODE_ENV = {
+    "PT_HPU_ENABLE_LAZY_COLLECTIVES": "true",
+    "EXPERIMENTAL_WEIGHT_SHARING": "0",
+    "VLLM_SKIP_WARMUP": "true",
+}
+
+
+def parse_ray_hpus(output: str) -> int | None:
+    """The HPU count the Ray one-liner printed (its last integer line), None if absent."""
+    for line in reversed(output.strip().splitlines()):
+        if re.fullmatch(r"\s*\d+\s*", line):
+            return int(line)
+    return None
+
+
+def _dir(path: Path) -> str:
+    """Directories as the seeds write them: with a trailing slash."""
+    return str(path).rstrip("/") + "/"
 
 
 class GaudiCalibration:
     """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
+
+    options: dict
+
+    # what the calibration stage asks ------------------------------------------------------
+    def calibration_device(self, cell: Cell) -> str:
+        target = cell.settings.calibration.target_device
+        if target and target != cell.device:
+            raise HarnessError(
+                f"{cell.id}: settings.calibration.target_device={target} on a {cell.device} "
+                "cell; Gaudi scales are measured on the device they serve on (drop it)"
+            )
+        return cell.device
+
+    def calibration_max_seq_len(self, cell: Cell) -> int | None:
+        return None  # the script's own (step-2 --max-model-len)
+
+    def calibration_root(self, cell: Cell, cache_dir: Path) -> Path:
+        out = cell.settings.calibration.output_dir
+        return Path(out) if out else Path(cache_dir)
+
+    def calibration_dataset(self, cell: Cell, cache_dir: Path,
+                            materialize: bool = True) -> tuple[Path, str]:
+        dataset = cell.settings.calibration.dataset
+        if not dataset:
+            raise HarnessError(
+                f"{cell.id}: settings.calibration.dataset is required on Gaudi: a .pkl with "
+                "system_prompt and question columns (e.g. MLCommons' "
+                "open_orca_gpt4_tokenized_llama.calibration_1000.pkl)"
+            )
+        path = Path(dataset)
+        return path, file_digest(path) if path.is_file() else f"path:{path}"
+
+    def calibration_configs(self, job: CalibrationJob) -> tuple[dict, dict]:
+        """What the script will write (for the key); a branch we cannot predict is named."""
+        rule = configs.rule_for(job.model)
+        if not rule.verified:
+            marker = {"calibrate_model.sh branch": rule.family}
+            return marker, marker
+        return (configs.measure_config(job.out, job.model, job.device),
+                configs.quant_config(job.out, job.model, job.device))
+
+    # recipes -------------------------------------------------------------------------------
+    def _scripts(self, job: CalibrationJob) -> Path:
+        return Path(job.scripts_dir or "vllm-gaudi/calibration")
+
+    def _python(self, job: CalibrationJob, script: str, *args: str,
+                description: str) -> Command:
+        return Command(("python3", script, *args), description=description,
+                       cwd=str(self._scripts(job)), node=0 if job.tp > CARDS_PER_NODE else None)
+
+    def calibration_recipe(self, job: CalibrationJob, derivation: Derivation | None) -> Recipe:
+        """Calibrate_model.sh, with `-r` when the cell only needs a unify (seed 000 step 7)."""
+        multi_node = job.tp > CARDS_PER_NODE
+        scripts = self._scripts(job)
+        env = {str(k): str(v) for k, v in self.options.get("env", {}).items()}
+        node = 0 if multi_node else None
+        steps: list[Step] = []
+        if multi_node:
+            buffer = Path(job.quant_config_buffer or scripts / "quant_config_buffer.json")
+            need = job.world
+
+            def enough_hpus(output: str, need: int = need) -> str | None:
+                found = parse_ray_hpus(output)
+                if found is None or found < need:
+                    return (f"Ray reports {found} HPUs but calibrating at TP{job.tp} needs "
+                            f"{need}: start Ray on every node (ray start --address=<head>:6379) "
+                            "and check `ray status`")
+                return None
+
+            steps.append(Step("ray-hpus", (Command(
+                ("python3", "-c", RAY_HPU_CHECK), env=env, node=0,
+                description=f"multi-node: Ray must see {need} HPUs (calibrate_model.sh check)"),),
+                check=enough_hpus))
+            steps.append(Step("quant-config-buffer", (Command(
+                ("touch", str(buffer)), node=0,
+                description="multi-node: the empty QUANT_CONFIG buffer file on NFS (seed 000)"),)))
+            env.update({**MULTI_NODE_ENV, "QUANT_CONFIG": str(buffer)})
+        argv = ["./calibrate_model.sh", "-m", job.source, "-d", str(job.dataset),
+                "-o", str(job.out), "-b", str(job.batch_size), "-l", str(job.samples),
+                "-t", str(job.tp)]
+        fused = derivation is not None and derivation.expand_world is None
+        if fused:
+            assert derivation is not None
+            argv += ["-r", str(derivation.unify_ranks)]
+        if job.ep > 1 or (fused and derivation is not None and derivation.expert_parallel):
+            argv.append("-u")
+        if job.enforce_eager:
+            argv.append("-e")
+        steps.append(Step("calibrate_model.sh", (Command(
+            tuple(argv), env=env, cwd=str(scripts), node=node,
+            description="calibrate_model.sh: prepare, measure, postprocess, quantize"
+            + (f", unify to {derivation.unify_ranks}" if fused and derivation else "")),)))
+        layout = job.layout
+        return Recipe(tuple(steps), layout.measurement_dir, layout.quant_config, job.world,
+                      derivation=derivation.name if fused and derivation else None)
+
+    def derivation_recipe(self, job: CalibrationJob, d: Derivation) -> Recipe:
+        """Step 5 in place (unify), or steps 5 -> 3 -> 6 into the seed's folders (expand)."""
+        layout = job.layout
+        src = layout.measurement_dir
+        if d.expand_world is None:
+            args = ["-r", str(d.unify_ranks), "-m", _dir(src), "-o", _dir(src)]
+            if d.expert_parallel:
+                args.append("-u")
+            step = Step("unify", (self._python(
+                job, "step-5-unify_measurements.py", *args,
+                description=f"step 5: unify {job.world} ranks to {d.unify_ranks} in place"),))
+            return Recipe((step,), src, layout.quant_config, d.world)
+        steps: list[Step] = []
+        cur = src
+        name = job.device
+        if d.unify_ranks is not None:
+            name += "-unified-tp1"
+            nxt = layout.model_dir / name
+            args = ["-m", _dir(cur), "-r", "1", "-o", _dir(nxt)]
+            args += (["-u"] if d.expert_parallel else []) + (["-s"] if d.skip_scales else [])
+            steps.append(Step("unify", (self._python(
+                job, "step-5-unify_measurements.py", *args,
+                description=f"step 5: unify {job.world} ranks to 1 (TP1)"),)))
+            cur = nxt
+        if d.postprocess:
+            name += "-post"
+            nxt = layout.model_dir / name
+            args = ["-m", _dir(cur), "-o", _dir(nxt)] + (["-d"] if job.deepseek else [])
+            steps.append(Step("postprocess", (self._python(
+                job, "step-3-postprocess-measure.py", *args,
+                description="step 3 (optional): postprocess the unified set"),)))
+            cur = nxt
+        name += f"-expand-ep{d.expand_world}"
+        final = layout.model_dir / name
+        steps.append(Step("expand", (self._python(
+            job, "step-6-expand-measurements.py", "-m", _dir(cur), "-o", str(final),
+            "-w", str(d.expand_world),
+            description=f"step 6: expand to {d.expand_world} ranks"),)))
+        quant = layout.model_dir / f"maxabs_quant_{name}.json"
+        return Recipe(tuple(steps), final, quant, d.world,
+                      quant_copy=(layout.quant_config, quant, final / "inc_output"))
+
+    def plan_calibration(self, cell: Cell, workdir: Path) -> list[Command]:
+        """The commands `ensure` would run for this cell (calibration, then derivation)."""
+        if not cell.is_fp8:
+            return []
+        from harness.calibration import service
+
+        cache = Path(self.options.get("cache_dir") or Path(workdir) / "cache")
+        p = service.plan(cell, self, cache, materialize=False)
+        commands = self.calibration_recipe(p.job, p.derivation).commands()
+        if p.derivation is not None and p.derivation.expand_world is not None:
+            commands += self.derivation_recipe(p.job, p.derivation).commands()
+        return commands

@@ -1,0 +1,131 @@
+"""Calibrate once: a calibration is keyed by what changes its numbers, and cached under a lock.
+
+The key is (model, device, dataset, sample count, measure config, quant config, the TP/EP it ran
+at), plus a fingerprint of the weights and the harness's calibration format version. A changed
+key is a new directory, so a stale measurement or scale file can never be picked up for a new
+calibration (the stale-scale trap), and nothing is ever measured into a directory that already
+holds files (INC's backup-folder trap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+# bump when the layout or the meaning of the files changes: old cache entries are then ignored
+FORMAT_VERSION = 1
+DONE = "done.json"
+
+
+@dataclass(frozen=True)
+class CalibrationKey:
+    """What makes two calibrations interchangeable."""
+
+    model: str  # calibrate_model.sh's folder name (lower-case last folder of -m)
+    model_fingerprint: str  # weights/config fingerprint (or the hub id for remote models)
+    device: str  # cpu | g2 | g3: where the scales are valid
+    dataset: str  # digest of the calibration pickle
+    samples: int  # -l
+    max_seq_len: int | None  # prompt truncation (cpu); None on gaudi (the script's default)
+    measure_config: str  # canonical JSON without dump_stats_path
+    quant_config: str  # canonical JSON without dump_stats_path
+    tp: int
+    ep: int
+    backend: str
+    version: int = FORMAT_VERSION
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def dirname(self) -> str:
+        """Readable and unique: `<model>-<device>-tp<T>-ep<E>-<digest12>`."""
+        return f"{self.model}-{self.device}-tp{self.tp}-ep{self.ep}-{self.digest[:12]}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "digest": self.digest}
+
+
+def canonical(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file (calibration pickles are small: hashing is cheaper than a wrong hit)."""
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise HarnessError(
+            f"{path}: cannot read the calibration dataset ({exc.strerror})"
+        ) from None
+    return h.hexdigest()
+
+
+def model_fingerprint(source: str) -> str:
+    """Config content plus name/size/mtime of every file of a local model dir; the id otherwise.
+
+    Retraining or replacing the weights changes it, so a stale calibration is not reused.
+    """
+    root = Path(source)
+    if not root.is_dir():
+        return f"id:{source}"
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    config = root / "config.json"
+    if config.is_file():
+        h.update(config.read_bytes())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def locked(path: Path, timeout_s: float) -> Iterator[None]:
+    """An exclusive lock file beside a cache entry (xdist workers and parallel runs share it)."""
+    from filelock import FileLock
+    from filelock import Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise HarnessError(
+            f"{path}: another run holds this calibration's lock for more than {timeout_s:g} s; "
+            "wait for it or remove the lock file if no harness process is running"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def read_done(entry: Path) -> dict[str, Any] | None:
+    """The completion record of a cache entry, or None if it is absent or unreadable."""
+    try:
+        return json.loads((entry / DONE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (tmp + rename), so a crash never leaves half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
