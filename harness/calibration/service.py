@@ -31,8 +31,6 @@ from harness.calibration.recipe import run_recipe
 from harness.cell import Cell
 from harness.errors import HarnessError
 
-CACHE_SUBDIR = "calibration"
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -84,9 +82,8 @@ def plan(cell: Cell, backend: Any, cache_dir: Path, materialize: bool = True) ->
         ep=ep,
         backend=backend.name,
     )
-    root = backend.calibration_root(cell, cache_dir) / CACHE_SUBDIR
-    entry = root / key.dirname
-    job = dataclasses.replace(job, out=entry / "fp8_output")
+    entry = backend.calibration_root(cell, cache_dir) / key.dirname
+    job = dataclasses.replace(job, out=entry)
     return Plan(job, key, entry, derivation)
 
 

@@ -21,7 +21,7 @@ class SetSummary:
     experts_total: int  # the model's experts
     experts_covered: int  # min over MoE layers of distinct global experts present
     experts_routed: int  # min over MoE layers of experts with a non-zero intermediate amax
-    duplicate_experts: int  # global expert slots that appear more than once
+    experts_extra: int  # max over MoE layers of expert slots beyond the model's experts
 
     def as_metrics(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -43,7 +43,7 @@ def global_expert(rank: int, local: int, local_count: int, experts_total: int) -
 def summarize(files: list[Path], experts_total: int) -> SetSummary:
     """Read a set's range files (rank order) and count nodes and experts."""
     nodes: set[str] = set()
-    seen: dict[str, dict[int, int]] = {}  # op -> global expert -> times present
+    seen: dict[str, set[int]] = {}  # op -> global experts present
     routed: dict[str, set[int]] = {}
     for rank, path in enumerate(files):
         data = json.loads(path.read_text(encoding="utf-8"))["Nodes"]
@@ -58,18 +58,16 @@ def summarize(files: list[Path], experts_total: int) -> SetSummary:
             amax = (data.get(op, {}).get("outputs") or [])[1:]
             for i in idx:
                 g = global_expert(rank, i, count, experts_total)
-                slots = seen.setdefault(op, {})
-                # TP MoE: every rank holds a shard of every expert (not a duplicate)
-                slots[g] = 1 if count >= experts_total else slots.get(g, 0) + 1
+                seen.setdefault(op, set()).add(g)
                 if i < len(amax) and _scalar(amax[i]) > 0:
                     routed.setdefault(op, set()).add(g)
-    covered = min((len(v) for v in seen.values()), default=0)
     return SetSummary(
         world=len(files),
         nodes_measured=len(nodes),
         moe_layers=len(seen),
         experts_total=experts_total,
-        experts_covered=covered,
+        experts_covered=min((sum(g < experts_total for g in v) for v in seen.values()),
+                            default=0),
         experts_routed=min((len(routed.get(op, ())) for op in seen), default=0),
-        duplicate_experts=sum(n - 1 for v in seen.values() for n in v.values() if n > 1),
+        experts_extra=max((sum(g >= experts_total for g in v) for v in seen.values()), default=0),
     )

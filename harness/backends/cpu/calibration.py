@@ -57,8 +57,9 @@ class CpuCalibration:
         return cell.settings.calibration.max_seq_len
 
     def calibration_root(self, cell: Cell, cache_dir: Path) -> Path:
+        """Where key entries live: settings' output_dir, else `<cache_dir>/calibration`."""
         out = cell.settings.calibration.output_dir
-        return Path(out) if out else Path(cache_dir)
+        return Path(out) if out else Path(cache_dir) / "calibration"
 
     def calibration_dataset(self, cell: Cell, cache_dir: Path,
                             materialize: bool = True) -> tuple[Path, str]:
@@ -131,7 +132,7 @@ class CpuCalibration:
     def calibration_recipe(self, job: CalibrationJob, derivation: Derivation | None) -> Recipe:
         """Steps 1-4 at the job's layout, one worker per rank (derivations run separately)."""
         layout = job.layout
-        work = job.out.parent / "work"
+        work = job.out / "work"
         spec = self._spec(job, layout, work, job.tp, job.ep, job.world,
                           (MEASURE, POSTPROCESS, QUANTIZE))
         spec_path = work / "spec.json"
@@ -150,7 +151,7 @@ class CpuCalibration:
 
     def derivation_recipe(self, job: CalibrationJob, d: Derivation) -> Recipe:
         """Unify (step 5), postprocess (3), expand (6) with the toolkit; quantize if expanded."""
-        out = job.out.parent / f"derived-{d.name}"
+        out = job.out / f"derived-{d.name}"
         layout = OutputLayout(out, job.model, job.device)
         final = layout.measurement_dir
         src = job.layout.measurement_dir

@@ -72,8 +72,9 @@ class GaudiCalibration:
         return None  # the script's own (step-2 --max-model-len)
 
     def calibration_root(self, cell: Cell, cache_dir: Path) -> Path:
+        """Where key entries live: settings' output_dir, else `<cache_dir>/calibration`."""
         out = cell.settings.calibration.output_dir
-        return Path(out) if out else Path(cache_dir)
+        return Path(out) if out else Path(cache_dir) / "calibration"
 
     def calibration_dataset(self, cell: Cell, cache_dir: Path,
                             materialize: bool = True) -> tuple[Path, str]:
@@ -98,12 +99,14 @@ class GaudiCalibration:
 
     # recipes -------------------------------------------------------------------------------
     def _scripts(self, job: CalibrationJob) -> Path:
-        return Path(job.scripts_dir or "vllm-gaudi/calibration")
+        """The vllm-gaudi calibration folder, absolute (commands run there; env paths too)."""
+        return Path(job.scripts_dir or "vllm-gaudi/calibration").absolute()
 
     def _python(self, job: CalibrationJob, script: str, *args: str,
                 description: str) -> Command:
-        return Command(("python3", script, *args), description=description,
-                       cwd=str(self._scripts(job)), node=0 if job.tp > CARDS_PER_NODE else None)
+        scripts = self._scripts(job)
+        return Command(("python3", script, *args), description=f"{description} (in {scripts})",
+                       cwd=str(scripts), node=0 if job.tp > CARDS_PER_NODE else None)
 
     def calibration_recipe(self, job: CalibrationJob, derivation: Derivation | None) -> Recipe:
         """Calibrate_model.sh, with `-r` when the cell only needs a unify (seed 000 step 7)."""
@@ -146,7 +149,8 @@ class GaudiCalibration:
         steps.append(Step("calibrate_model.sh", (Command(
             tuple(argv), env=env, cwd=str(scripts), node=node,
             description="calibrate_model.sh: prepare, measure, postprocess, quantize"
-            + (f", unify to {derivation.unify_ranks}" if fused and derivation else "")),)))
+            + (f", unify to {derivation.unify_ranks}" if fused and derivation else "")
+            + f" (in {scripts})"),)))
         layout = job.layout
         return Recipe(tuple(steps), layout.measurement_dir, layout.quant_config, job.world,
                       derivation=derivation.name if fused and derivation else None)
