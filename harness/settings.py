@@ -60,6 +60,16 @@ class ServingSettings(_Strict):
     warmup_cache: str | None = None  # PT_HPU_RECIPE_CACHE_CONFIG path (gaudi)
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    host: str = "127.0.0.1"  # where the server listens; clients use it too
+    port: int | None = Field(default=None, ge=1, le=65535)  # None: a free port per server
+    dtype: str = "bfloat16"
+    kv_cache_memory: str | None = None  # cpu: --kv-cache-memory-bytes (default 256M)
+    enforce_eager: bool | None = None  # default: on for cpu (DESIGN), off on gaudi
+    trust_remote_code: bool = False
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float | None = None
+    warmup_cache_size_mb: int = 32768  # third field of PT_HPU_RECIPE_CACHE_CONFIG (seed 003)
+    smoke_max_tokens: int = 16
 
 
 class AccuracySettings(_Strict):
@@ -73,6 +83,11 @@ class AccuracySettings(_Strict):
     fewshot_as_multiturn: bool = False
     gen_kwargs: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float = 3600.0
+    # where gsm8k comes from: None = the backend's default (hub on gaudi, the project's
+    # synthetic gsm8k-format set on cpu); "hub" or "synthetic" to force; dataset_path wins
+    dataset: Literal["hub", "synthetic"] | None = None
+    synthetic_samples: int = Field(default=200, ge=1)  # test problems written for the cpu task
+    num_concurrent: int = Field(default=1, ge=1)  # lm-eval requests in flight
 
 
 class ThroughputSettings(_Strict):

@@ -1,23 +1,124 @@
-"""Serving stage: one server per cell, kept up for the cell's accuracy and throughput stages."""
+"""Serving stage: one server per cell, kept up for the cell's accuracy and throughput stages.
+
+`serve(session, cell, calibration)` is what the session's per-cell server uses: it asks the
+backend for the command (FP8 cells: `--quantization inc` with the calibration's scales), starts
+it on a free port in its own process group, waits for /health and the backend's log marks,
+sends the smoke chat completion, and stops the whole group when the cell is done (or anything
+fails, times out or is interrupted). `run(ctx, server)` records what serving established.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
 from typing import Any
 
+from harness.cell import Cell
+from harness.cell import Stage
+from harness.errors import HarnessError
+from harness.errors import StageError
+from harness.process import CommandFailed
+from harness.process import run as run_command
+from harness.serving.http import free_port
+from harness.serving.server import Server
+from harness.serving.server import ServerFailed
+from harness.serving.server import running
 from harness.stages.base import StageContext
 from harness.stages.base import StageSkipped
 
-NOT_BUILT = "the serving stage is not built yet (issue #5)"
+SERVER_LOG = "server.log"
+
+
+@dataclass
+class ServerHandle:
+    """What later stages get: where the server answers, its log, and what it serves."""
+
+    cell_id: str
+    base_url: str
+    served_name: str
+    log_path: Path
+    server: Server
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ready_s(self) -> float | None:
+        return self.server.ready_s
+
+    @property
+    def smoke(self) -> dict[str, Any]:
+        return self.server.smoke
+
+    def check_alive(self) -> None:
+        """Raise ServerFailed if the server exited or logged a fatal error since it started."""
+        self.server.check_alive()
+
+
+def failure(cell: Cell, stage: Stage | str, exc: HarnessError) -> StageError:
+    """A lifecycle or client failure as the stage's error (log tail in the text, hint apart)."""
+    if isinstance(exc, ServerFailed):
+        return StageError(cell.id, str(stage), str(exc), exc.hint)
+    return StageError(cell.id, str(stage), str(exc))
+
+
+def _prechecks(backend: Any, cell: Cell, workdir: Path) -> None:
+    for i, (command, check) in enumerate(backend.serve_prechecks(cell)):
+        try:
+            output = run_command(command, workdir / f"precheck_{i}.log", timeout_s=120.0)
+        except CommandFailed as exc:
+            raise StageError(cell.id, Stage.SERVING.value, str(exc)) from None
+        problem = check(output)
+        if problem:
+            raise StageError(cell.id, Stage.SERVING.value, problem, command.description)
 
 
 @contextlib.contextmanager
-def serve(session: Any, cell: Any, calibration: Any) -> Iterator[Any]:
-    """Start the cell's server; not built yet, so every consumer skips with that reason."""
-    raise StageSkipped(NOT_BUILT)
-    yield  # pragma: no cover
+def serve(session: Any, cell: Cell, calibration: Any) -> Iterator[ServerHandle]:
+    """Start the cell's server and yield its handle; stopped when the block ends."""
+    backend = session.backend
+    reason = backend.skip_reason(cell, Stage.SERVING)
+    if reason:
+        raise StageSkipped(reason)
+    if cell.is_fp8 and calibration is None:
+        raise StageError(
+            cell.id, Stage.SERVING.value, "an FP8 cell has no calibration to serve with",
+            "the calibration stage must produce the cell's scales first",
+        )
+    session.open_store()
+    workdir = session.store.cell_dir(cell.id, Stage.SERVING.value)
+    settings = cell.settings.serving
+    try:
+        _prechecks(backend, cell, workdir)
+        port = settings.port or free_port(settings.host)
+        spec = backend.server_spec(cell, port, calibration, workdir)
+        with running(spec, workdir / SERVER_LOG) as server:
+            yield ServerHandle(
+                cell.id, server.base_url, spec.served_name, server.log_path, server,
+                dict(spec.facts),
+            )
+    except (ServerFailed, CommandFailed) as exc:
+        raise failure(cell, Stage.SERVING, exc) from None
+    except HarnessError as exc:
+        if isinstance(exc, StageError | StageSkipped):
+            raise
+        raise StageError(cell.id, Stage.SERVING.value, str(exc)) from None
 
 
-def run(ctx: StageContext, **_: object) -> None:
-    raise StageSkipped(NOT_BUILT)
+def run(ctx: StageContext, server: ServerHandle | None = None, **_: object) -> None:
+    """Record readiness, the smoke request and what the cell is served as."""
+    if server is None:
+        raise StageSkipped("no server for this cell (the server fixture did not start one)")
+    rec = ctx.recorder
+    rec.artifact("server_log", server.log_path)
+    rec.update(server.facts)
+    rec.metric("ready_s", server.ready_s)
+    rec.metric("smoke_latency_ms", server.smoke.get("latency_ms"))
+    rec.metric("smoke_tokens", server.smoke.get("completion_tokens"))
+    rec.metric("smoke_reply", str(server.smoke.get("reply", ""))[:200])
+    try:
+        server.check_alive()
+    except ServerFailed as exc:
+        raise failure(ctx.cell, ctx.stage, exc) from None
+    ctx.check_gates()

@@ -1,7 +1,275 @@
-"""Vllm serve with INC env, lm_eval and vllm bench serve as in the seeds."""
+"""Vllm serve with INC env, lm_eval and vllm bench serve as in the seeds.
+
+Serve (seeds 000/001/003/004): `vllm serve <model> --quantization inc --kv-cache-dtype
+fp8_inc|auto [--weights-load-device cpu] --tensor-parallel-size N [--pipeline-parallel-size P]
+[--distributed-executor-backend ray]`, then the matrix's limits. INC env (seed 003, "2.2 manual
+start"): QUANT_CONFIG chosen by the KV dtype (bf16 KV: inc_quant_per_channel_bf16kv.json, FP8
+KV: inc_quant_per_channel_with_fp8kv_config.json, both from vllm-fork's scripts/quant_configs)
+and INC_MEASUREMENT_DUMP_PATH_PREFIX, the root the config's relative dump_stats_path is joined
+to. The serving stage points that root at a folder whose `scripts/nc_workspace_measure_kvcache/`
+links the cell's calibrated (unified/expanded) set, so the stock configs load the harness's
+measurements. INC_FORCE_NAIVE_SCALING=1 and VLLM_HPU_MARK_SCALES_AS_CONST=false for every FP8
+cell; VLLM_REQUANT_FP8_INC=1 and VLLM_ENABLE_RUNTIME_DEQUANT=1 for FP8 block-scaled checkpoints
+(DeepSeek-V3/R1, Kimi-K2: seed 003's table); VLLM_MOE_N_SLICE=1 for MoE models; the warm-up
+recipe cache PT_HPU_RECIPE_CACHE_CONFIG=<dir>,false,<MB> when the matrix names one.
+"""
 
 from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from harness.cell import Cell
+from harness.errors import HarnessError
+from harness.process import Command
+from harness.serving.commands import AccuracyTask
+from harness.serving.commands import bench_command
+from harness.serving.commands import lm_eval_command
+from harness.serving.inc_plugin import READY_MARK
+from harness.serving.lmeval import resolve_task
+from harness.serving.server import ServerSpec
+
+VLLM_FORK_DIR = "/workspace/vllm-fork"  # seed 003's source folder
+QUANT_CONFIG_BY_KV = {
+    "auto": "inc_quant_per_channel_bf16kv.json",
+    "fp8_inc": "inc_quant_per_channel_with_fp8kv_config.json",
+}
+SEED_DUMP_STATS_PATH = "scripts/nc_workspace_measure_kvcache/inc_measure_output"
+# checkpoints stored in block-scaled FP8 (INC requantizes them): seed 003's models
+FP8_CHECKPOINT_ARCHITECTURES = frozenset({"deepseek_v3", "kimi_k2"})
+TRUST_REMOTE_CODE_ARCHITECTURES = frozenset({"deepseek_v3", "kimi_k2"})
+PLAN_PORT = 8688
+INC_PREFIX_DIR = "inc_prefix"
+
+
+def ray_hpus(status_output: str) -> tuple[float, float] | None:
+    """(used, total) HPUs from `ray status` ("0.0/16.0 HPU"), None when no HPU line."""
+    match = re.search(r"([\d.]+)/([\d.]+)\s+HPU\b", status_output)
+    return (float(match.group(1)), float(match.group(2))) if match else None
 
 
 class GaudiServing:
     """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
+
+    options: dict
+
+    # facts -------------------------------------------------------------------------------
+    def served_name(self, cell: Cell) -> str:
+        """As in seed 003, clients name the model by its path (or hub id)."""
+        return cell.model.served_name or str(cell.model.source)
+
+    def serving_facts(self, cell: Cell) -> dict[str, Any]:
+        return {
+            "weights": "fp8 via INC convert" if cell.is_fp8 else "bf16",
+            "kv_cache": cell.kv_cache_dtype,
+            "emulated": "none",
+        }
+
+    def quant_config_path(self, cell: Cell) -> Path:
+        root = self.options.get("quant_configs_dir") or (
+            f"{self.options.get('vllm_fork_dir', VLLM_FORK_DIR)}/scripts/quant_configs"
+        )
+        name = QUANT_CONFIG_BY_KV.get(cell.kv_cache_dtype)
+        if name is None:
+            raise HarnessError(
+                f"{cell.id}: no INC quant config for kv_cache_dtype {cell.kv_cache_dtype!r} "
+                f"(use {' or '.join(QUANT_CONFIG_BY_KV)})"
+            )
+        return Path(root) / name
+
+    # serving -------------------------------------------------------------------------------
+    def inc_prefix(self, cell: Cell, calibration: Any, workdir: Path) -> Path:
+        """INC_MEASUREMENT_DUMP_PATH_PREFIX: `<workdir>/inc_prefix`, populated with links to
+        the calibration's files when a calibration is given (at run time, not for --plan)."""
+        prefix = workdir / INC_PREFIX_DIR
+        if calibration is None:
+            return prefix
+        config = self.quant_config_path(cell)
+        dump = SEED_DUMP_STATS_PATH
+        if config.is_file():
+            dump = json.loads(config.read_text(encoding="utf-8")).get("dump_stats_path", dump)
+        if Path(dump).is_absolute():
+            raise HarnessError(
+                f"{config}: dump_stats_path {dump!r} is absolute, so "
+                "INC_MEASUREMENT_DUMP_PATH_PREFIX cannot point it at this cell's calibration; "
+                "use the stock relative path"
+            )
+        link_measurements(Path(calibration.dump_stats_path), prefix / dump)
+        return prefix
+
+    def serve_env(self, cell: Cell, calibration: Any, workdir: Path) -> dict[str, str]:
+        s = cell.settings.serving
+        env = dict(self.cell_env(cell))
+        if cell.is_fp8:
+            env["QUANT_CONFIG"] = str(self.quant_config_path(cell))
+            env["INC_MEASUREMENT_DUMP_PATH_PREFIX"] = str(
+                self.inc_prefix(cell, calibration, workdir)
+            )
+            if cell.model.architecture in FP8_CHECKPOINT_ARCHITECTURES:
+                env["VLLM_REQUANT_FP8_INC"] = "1"
+                env["VLLM_ENABLE_RUNTIME_DEQUANT"] = "1"
+            if cell.model.moe:
+                env["VLLM_MOE_N_SLICE"] = "1"
+            env["INC_FORCE_NAIVE_SCALING"] = "1"
+            env["VLLM_HPU_MARK_SCALES_AS_CONST"] = "false"
+        if s.warmup_cache:
+            env["PT_HPU_RECIPE_CACHE_CONFIG"] = f"{s.warmup_cache},false,{s.warmup_cache_size_mb}"
+        env.update(s.env)
+        return env
+
+    def serve_command(self, cell: Cell, port: int, calibration: Any, workdir: Path) -> Command:
+        s = cell.settings.serving
+        argv = ["vllm", "serve", str(cell.model.source)]
+        if cell.is_fp8:
+            argv += ["--quantization", "inc", "--kv-cache-dtype", cell.kv_cache_dtype]
+        elif cell.kv_cache_dtype != "auto":
+            argv += ["--kv-cache-dtype", cell.kv_cache_dtype]
+        if s.weights_load_device:
+            argv += ["--weights-load-device", s.weights_load_device]
+        argv += ["--tensor-parallel-size", str(cell.tp)]
+        if cell.pp > 1:
+            argv += ["--pipeline-parallel-size", str(cell.pp)]
+        if cell.multi_node:
+            argv += ["--distributed-executor-backend", "ray"]
+        argv += ["--max-model-len", str(s.max_model_len), "--max-num-seqs", str(s.max_num_seqs)]
+        if cell.ep > 1:
+            argv.append("--enable-expert-parallel")
+        if s.block_size:
+            argv += ["--block-size", str(s.block_size)]
+        if s.max_num_batched_tokens:
+            argv += ["--max-num-batched-tokens", str(s.max_num_batched_tokens)]
+        if s.gpu_memory_utilization:
+            argv += ["--gpu-memory-utilization", str(s.gpu_memory_utilization)]
+        argv += ["--dtype", s.dtype]
+        if s.enforce_eager:
+            argv.append("--enforce-eager")
+        if s.trust_remote_code or cell.model.architecture in TRUST_REMOTE_CODE_ARCHITECTURES:
+            argv.append("--trust-remote-code")
+        argv += ["--host", s.host, "--port", str(port)]
+        argv += ["--served-model-name", self.served_name(cell)]
+        argv += list(s.extra_args)
+        where = f"{cell.nodes} nodes via Ray" if cell.multi_node else "one node"
+        return Command(
+            tuple(argv),
+            self.serve_env(cell, calibration, workdir),
+            description=f"vllm serve on {where}, {cell.world_size} HPUs",
+            node=0 if cell.multi_node else None,
+        )
+
+    def serve_prechecks(self, cell: Cell) -> list[tuple[Command, Any]]:
+        """Multi-node: the Ray cluster must show the cell's HPUs before vLLM is started."""
+        if not cell.multi_node:
+            return []
+
+        def enough(output: str) -> str | None:
+            found = ray_hpus(output)
+            if found is None:
+                return "`ray status` shows no HPU resource: start Ray on every node (seed 003)"
+            if found[1] < cell.world_size:
+                return (
+                    f"the Ray cluster has {found[1]:g} HPUs, the cell needs {cell.world_size}: "
+                    f"join all {cell.nodes} nodes with `ray start --address=<head>:<port>`"
+                )
+            return None
+
+        cmd = Command(("ray", "status"), description="Ray cluster has the cell's HPUs", node=0)
+        return [(cmd, enough)]
+
+    def server_spec(
+        self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
+    ) -> ServerSpec:
+        s = cell.settings.serving
+        return ServerSpec(
+            command=self.serve_command(cell, port, calibration, workdir or Path(".")),
+            host=s.host,
+            port=port,
+            served_name=self.served_name(cell),
+            ready_timeout_s=s.ready_timeout_s,
+            ready_marks=(READY_MARK,) if cell.is_fp8 else (),
+            smoke_max_tokens=s.smoke_max_tokens,
+            facts=self.serving_facts(cell),
+        )
+
+    # accuracy ------------------------------------------------------------------------------
+    def accuracy_task(self, cell: Cell, workdir: Path, write: bool = True) -> AccuracyTask:
+        return resolve_task(cell.settings.accuracy, workdir, "hub", write)
+
+    def accuracy_command(
+        self, cell: Cell, base_url: str, task: AccuracyTask, workdir: Path
+    ) -> Command:
+        env = {**self.cell_env(cell), "no_proxy": "127.0.0.1"}  # seed 003
+        return lm_eval_command(
+            task=task,
+            served_name=self.served_name(cell),
+            base_url=base_url,
+            max_length=cell.settings.serving.max_model_len,
+            settings=cell.settings.accuracy,
+            output_dir=workdir,
+            env=env,
+        )
+
+    # throughput ----------------------------------------------------------------------------
+    def bench_command(
+        self, cell: Cell, base_url: str, concurrency: int, workdir: Path
+    ) -> Command:
+        return bench_command(
+            served_name=self.served_name(cell),
+            tokenizer=str(cell.model.source),
+            base_url=base_url,
+            concurrency=concurrency,
+            settings=cell.settings.throughput,
+            result_dir=workdir,
+            env={**self.cell_env(cell), "no_proxy": "127.0.0.1"},
+            trust_remote_code=cell.settings.serving.trust_remote_code
+            or cell.model.architecture in TRUST_REMOTE_CODE_ARCHITECTURES,
+        )
+
+    # plans ---------------------------------------------------------------------------------
+    def _plan_url(self, cell: Cell) -> str:
+        s = cell.settings.serving
+        return f"http://{s.host}:{s.port or PLAN_PORT}"
+
+    def plan_serving(self, cell: Cell, workdir: Path) -> list[Command]:
+        checks = [cmd for cmd, _ in self.serve_prechecks(cell)]
+        return [*checks, self.serve_command(cell, cell.settings.serving.port or PLAN_PORT,
+                                            None, workdir)]
+
+    def plan_accuracy(self, cell: Cell, workdir: Path) -> list[Command]:
+        task = self.accuracy_task(cell, workdir, write=False)
+        return [self.accuracy_command(cell, self._plan_url(cell), task, workdir)]
+
+    def plan_throughput(self, cell: Cell, workdir: Path) -> list[Command]:
+        url = self._plan_url(cell)
+        return [
+            self.bench_command(cell, url, c, workdir)
+            for c in cell.settings.throughput.concurrencies
+        ]
+
+
+def link_measurements(source_prefix: Path, target_prefix: Path) -> list[Path]:
+    """Link a measurement set's range files under another INC dump prefix.
+
+    `<source>_hooks_maxabs_<r>_<w>.{json,npz}` and `..._mod_list.json` become
+    `<target>_hooks_maxabs_...` (symlinks). Scale files are not linked: the serving config's
+    own scale method computes them (no stale scales from another method)."""
+    name = source_prefix.name + "_hooks_maxabs"
+    files = sorted(
+        p for p in source_prefix.parent.glob(name + "_*")
+        if re.fullmatch(re.escape(name) + r"_\d+_\d+(_mod_list)?\.(json|npz)", p.name)
+    )
+    if not files:
+        raise HarnessError(
+            f"{source_prefix.parent}: no measurement files named {name}_<rank>_<world>.npz "
+            "(did the calibration stage finish?)"
+        )
+    target_prefix.parent.mkdir(parents=True, exist_ok=True)
+    made = []
+    for src in files:
+        dst = target_prefix.parent / (target_prefix.name + src.name[len(source_prefix.name):])
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        dst.symlink_to(src.resolve())
+        made.append(dst)
+    return made

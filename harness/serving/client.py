@@ -1,0 +1,43 @@
+"""Run a client (lm-eval, the serving benchmark) against a server while watching the server.
+
+If the server dies mid-run the client would otherwise retry until its own timeout (lm-eval
+retries for minutes); here the client is stopped at once and the failure names the server's
+last log lines instead of the client's connection errors.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+from harness.process import Command
+from harness.process import CommandFailed
+from harness.process import ManagedProcess
+from harness.process import tail
+
+
+class Watched(Protocol):
+    def check_alive(self) -> None: ...
+
+
+def run_client(
+    command: Command, log_path: Path, timeout_s: float, server: Watched, poll_s: float = 0.5
+) -> None:
+    """Run `command` to completion; raise CommandFailed (non-zero exit, timeout) or the
+    server's ServerFailed (it stopped serving). The client's group is stopped either way."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(f"$ {command.shell()}\n", encoding="utf-8")
+    with ManagedProcess(command, log_path) as proc:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            code = proc.poll()
+            if code is not None:
+                break
+            server.check_alive()
+            if time.monotonic() > deadline:
+                raise CommandFailed(command, f"timed out after {timeout_s:g} s", tail(log_path))
+            time.sleep(poll_s)
+    if code != 0:
+        server.check_alive()  # a client failing because the server died: report the server
+        raise CommandFailed(command, f"exited with status {code}", tail(log_path))

@@ -1,0 +1,301 @@
+"""vLLM general plugin: `--quantization inc` with QUANT_CONFIG on vLLM's CPU build.
+
+On Gaudi, vllm-gaudi loads the model in BF16 and then hands it to Intel Neural Compressor
+(`prepare` to measure, `convert` to quantize with the measured scales), logging
+"Preparing model with INC". vLLM's CPU build has no such path: its own `inc` method is
+AutoRound's. This plugin gives the CPU build the Gaudi behaviour:
+
+* `--quantization inc` resolves to a config that loads every layer unquantized (as on HPU);
+* after the CPU model runner loads the model, INC converts it with QUANT_CONFIG (joined to
+  INC_MEASUREMENT_DUMP_PATH_PREFIX like vllm-gaudi), using INC's own patched modules for
+  vLLM's parallel linears, registered for the CPU accelerator (INC registers them for HPU only).
+
+On CPU, INC quantizes only in QDQ form (`use_qdq: true`): FP8 values and scales are real
+(e4m3, the cell's measured input scales, per-channel or per-tensor weight scales), the matmul
+then runs in BF16 on the dequantized values. vLLM's MoE experts (a fused 3-D op on CPU) are not
+INC-patchable; `moe_qdq` rounds their weights (per expert and channel) and the MoE block's input
+(measured scale) through FP8, and the coverage is logged. When the host cannot keep an FP8 KV
+cache (vLLM CPU needs AVX-512 for it), `kv_cache_qdq` rounds K/V through FP8 instead.
+
+vLLM finds the plugin through the `vllm.general_plugins` entry point in
+`harness/serving/vllm_entry/` (put on PYTHONPATH by the cpu backend) and calls `register()`
+in every process; it does nothing unless the engine runs with `--quantization inc`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ENTRY_POINT = "harness_inc"
+READY_MARK = "Preparing model with INC"
+# set by the cpu backend when the host cannot keep an FP8 KV cache: fp8 | fp8_e4m3 | fp8_e5m2
+KV_QDQ_ENV = "HARNESS_KV_CACHE_QDQ"
+_REGISTERED = False
+
+logger = logging.getLogger("vllm.harness_inc")
+
+
+def register() -> None:
+    """Entry point of the plugin; safe to call many times in one process."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    _REGISTERED = True
+    _register_quant_config()
+    _patch_cpu_model_runner()
+
+
+def _register_quant_config() -> None:
+    import torch
+    from vllm.model_executor.layers.fused_moe import RoutedExperts
+    from vllm.model_executor.layers.fused_moe import UnquantizedFusedMoEMethod
+    from vllm.model_executor.layers.linear import LinearBase
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.layers.quantization import register_quantization_config
+    from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
+
+    @register_quantization_config("inc")
+    class HarnessINCConfig(QuantizationConfig):
+        """Load BF16 as vllm-gaudi does for INC; INC converts the model after loading."""
+
+        @classmethod
+        def get_name(cls) -> str:
+            return "inc"
+
+        @classmethod
+        def get_supported_act_dtypes(cls) -> list[torch.dtype]:
+            return [torch.bfloat16, torch.float16, torch.float32]
+
+        @classmethod
+        def get_min_capability(cls) -> int:
+            return 0
+
+        @staticmethod
+        def get_config_filenames() -> list[str]:
+            return []
+
+        @classmethod
+        def from_config(cls, config: dict[str, Any]) -> HarnessINCConfig:
+            return cls()
+
+        def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> Any:
+            if isinstance(layer, LinearBase):
+                return UnquantizedLinearMethod()
+            if isinstance(layer, RoutedExperts):
+                return UnquantizedFusedMoEMethod(layer.moe_config)
+            return None
+
+
+def _patch_cpu_model_runner() -> None:
+    try:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    except ImportError:  # not the CPU build: nothing to do
+        return
+    original = CPUModelRunner.load_model
+    if getattr(original, "_harness_inc", False):
+        return
+
+    def load_model(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if self.model_config.quantization == "inc":
+            self.model = apply_inc(self.model)
+        emulated_kv = os.environ.get(KV_QDQ_ENV)
+        if emulated_kv:
+            kv_cache_qdq(self.model, emulated_kv)
+
+    load_model._harness_inc = True  # type: ignore[attr-defined]
+    CPUModelRunner.load_model = load_model
+
+
+def resolved_config_path(config_path: str | None = None) -> Path:
+    """QUANT_CONFIG with dump_stats_path joined to INC_MEASUREMENT_DUMP_PATH_PREFIX (as on HPU).
+
+    INC itself does not read the prefix; vllm-gaudi joins it. A relative dump path with a prefix
+    set gives a rewritten copy of the config in a temporary file.
+    """
+    path = Path(config_path or os.environ.get("QUANT_CONFIG", ""))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"QUANT_CONFIG={str(path)!r} is not a file: point it at the INC quantization config "
+            "(from the calibration stage) before serving with --quantization inc"
+        )
+    prefix = os.environ.get("INC_MEASUREMENT_DUMP_PATH_PREFIX")
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    dump = cfg.get("dump_stats_path")
+    if not prefix or not dump or os.path.isabs(dump):
+        return path
+    cfg["dump_stats_path"] = os.path.join(prefix, dump)
+    fd, name = tempfile.mkstemp(prefix="harness_inc_", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(cfg, fh)
+    return Path(name)
+
+
+def register_vllm_modules_for_cpu() -> None:
+    """Map vLLM's parallel linears to INC's patched modules on the CPU accelerator."""
+    from neural_compressor.torch.algorithms.fp8_quant._core import patching_common as pc
+    from neural_compressor.torch.algorithms.fp8_quant.patched_module_base import (
+        PATCHED_MODULE_TABLE,
+    )
+    from neural_compressor.torch.algorithms.fp8_quant.patched_module_base import (
+        PATCHED_MODULE_TYPES_TABLE,
+    )
+
+    names = (
+        "RowParallelLinear",
+        "ColumnParallelLinear",
+        "MergedColumnParallelLinear",
+        "QKVParallelLinear",
+        "ReplicatedLinear",
+        "ParallelLMHead",
+    )
+    PATCHED_MODULE_TABLE["cpu"].update({n: pc._mod_default_dict[n] for n in names})
+    PATCHED_MODULE_TYPES_TABLE["cpu"].update(
+        {t: pc._mod_types[t] for t in ("linear", "row_parallel_linear")}
+    )
+
+
+def apply_inc(model: Any) -> Any:
+    """Prepare (measure) or convert (quantize) the loaded vLLM model with INC."""
+    from neural_compressor.torch.quantization import FP8Config
+    from neural_compressor.torch.quantization import convert
+    from neural_compressor.torch.quantization import prepare
+
+    logger.info("%s..", READY_MARK)
+    register_vllm_modules_for_cpu()
+    path = resolved_config_path()
+    config = FP8Config.from_json_file(str(path))
+    if config.measure:
+        model = prepare(model, config)
+    elif config.quantize:
+        model = convert(model, config)
+        ranges = _range_nodes(json.loads(path.read_text(encoding="utf-8")))
+        experts = moe_qdq(model, ranges)
+        logger.info("INC: %d MoE blocks with FP8 expert weights and inputs (QDQ)", experts)
+    patched = sum(1 for m in model.modules() if type(m).__name__.startswith("Patched"))
+    logger.info("INC %s: %d modules patched", "measure" if config.measure else "quantize", patched)
+    return model
+
+
+def _rank() -> tuple[int, int]:
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _range_nodes(config: dict[str, Any]) -> dict[str, Any]:
+    """This rank's measured ranges (`Mode: DynamicRange`), or {} when there is no file."""
+    rank, world = _rank()
+    dump = str(config.get("dump_stats_path", ""))
+    path = Path(f"{dump}_hooks_maxabs_{rank}_{world}.json")
+    if not path.is_file():
+        path = Path(f"{dump}_hooks_maxabs.json")
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8")).get("Nodes", {})
+
+
+def _qdq(x: Any, scale: float, dtype: Any) -> Any:
+    return ((x / scale).to(dtype).to(x.dtype)) * scale
+
+
+def _pow2_scale(maxabs: float, full_scale: float, backoff: float = 0.25) -> float:
+    import math
+
+    return 2.0 ** math.ceil(math.log2(max(maxabs, 1e-12) / (full_scale * backoff)))
+
+
+def moe_qdq(model: Any, ranges: dict[str, Any]) -> int:
+    """FP8 (QDQ) for vLLM's fused MoE experts, which INC cannot patch on CPU.
+
+    Expert weights are rounded through FP8 e4m3 with per-expert, per-output-channel scales;
+    the MoE block's input is rounded with the per-tensor scale of the measured
+    `<block>.experts.moe_op` input range (the calibration names the block `mlp`).
+    """
+    import torch
+    from vllm.model_executor.layers.fused_moe import RoutedExperts
+
+    fp8 = torch.float8_e4m3fn
+    full_scale = torch.finfo(fp8).max
+    blocks = 0
+    parents = {id(c): (name, m) for name, m in model.named_modules() for c in m.children()}
+    for module in model.modules():
+        if not isinstance(module, RoutedExperts):
+            continue
+        for attr in ("w13_weight", "w2_weight"):
+            weight = getattr(module, attr, None)
+            if weight is None:
+                continue
+            with torch.no_grad():
+                amax = weight.detach().abs().amax(dim=-1, keepdim=True).float().clamp_min(1e-12)
+                scale = amax / full_scale
+                weight.copy_((((weight.float() / scale).to(fp8)).float() * scale).to(weight.dtype))
+        block_name, block = parents.get(id(module), (None, None))
+        node = _moe_node(block_name or "", ranges)
+        if block is not None and node is not None:
+            scale = _pow2_scale(float(node["inputs"][0][0][0]), full_scale)
+            block.register_forward_pre_hook(_input_qdq_hook(scale, fp8), with_kwargs=True)
+        elif block is not None:
+            logger.warning("INC: no measured input range for MoE block %s", block_name)
+        blocks += 1
+    return blocks
+
+
+def _moe_node(block_name: str, ranges: dict[str, Any]) -> dict[str, Any] | None:
+    leaf = block_name.rsplit(".", 1)
+    candidates = [f"{block_name}.experts.moe_op"]
+    if len(leaf) == 2:
+        candidates.append(f"{leaf[0]}.mlp.experts.moe_op")
+    for key in candidates:
+        if key in ranges and ranges[key].get("inputs"):
+            return ranges[key]
+    return None
+
+
+def _input_qdq_hook(scale: float, dtype: Any) -> Any:
+    def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            return (_qdq(args[0], scale, dtype), *args[1:]), kwargs
+        if "hidden_states" in kwargs:
+            kwargs = {**kwargs, "hidden_states": _qdq(kwargs["hidden_states"], scale, dtype)}
+        return args, kwargs
+
+    return hook
+
+
+def kv_cache_qdq(model: Any, kv_dtype: str) -> int:
+    """Round K and V through FP8 before attention, as an FP8 KV cache would store them.
+
+    For hosts whose vLLM CPU build cannot keep an FP8 KV cache (it needs AVX-512 or AMX): the
+    cache stays BF16, the values in it are the FP8-rounded ones (`x / k_scale` cast to the FP8
+    type and back, with vLLM's default k_scale/v_scale of 1.0 when no checkpoint sets them).
+    """
+    import torch
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    dtype = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+             "fp8_e5m2": torch.float8_e5m2}[kv_dtype]
+
+    def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if len(args) < 3:
+            return args, kwargs
+        q, k, v = args[:3]
+        ks = float(getattr(module, "_k_scale_float", 1.0) or 1.0)
+        vs = float(getattr(module, "_v_scale_float", 1.0) or 1.0)
+        return (q, _qdq(k, ks, dtype), _qdq(v, vs, dtype), *args[3:]), kwargs
+
+    layers = 0
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.register_forward_pre_hook(hook, with_kwargs=True)
+            layers += 1
+    logger.info("KV cache %s emulated (QDQ into a BF16 cache) on %d attention layers",
+                kv_dtype, layers)
+    return layers
