@@ -306,12 +306,12 @@ def _load(report: CheckReport, g: _Group, directory: Path) -> dict[int, Measurem
                 "re-run the step that wrote the set",
                 got["json"].path,
             )
+        like = loaded[min(loaded)].layout if loaded else None
         try:
-            f = (
-                read_json(got["json"].path, got["json"].name)
-                if "json" in got
-                else read_npz(got["npz"].path, got["npz"].name)
-            )
+            if "json" in got:
+                f = read_json(got["json"].path, got["json"].name, like=like)
+            else:
+                f = read_npz(got["npz"].path, got["npz"].name)
         except MeasurementError as exc:
             report.add(Severity.ERROR, "unreadable", exc.reason, exc.path)
             continue

@@ -79,13 +79,26 @@ def _numbers(values: np.ndarray) -> list[bytes]:
     return compact(values.tolist())[1:-1].split(b",")
 
 
-def _template(struct: NodeStruct) -> tuple[bytes, ...]:
-    """The text of a node of this structure split at its numbers."""
+_HOLE = b"\x00"  # marks a number in a template (JSON text never holds a raw NUL)
+
+
+def _template(struct: NodeStruct) -> bytes:
+    """The compact text of a node of this structure with a NUL byte for each number."""
     text = compact(node_doc(struct, [_SENTINEL] * struct_size(struct), 0))
-    parts = tuple(text.split(compact(_SENTINEL)))
-    if len(parts) != struct_size(struct) + 1:  # pragma: no cover - a key spelled like the sentinel
+    marked = text.replace(compact(_SENTINEL), _HOLE)
+    if marked.count(_HOLE) != struct_size(struct):  # pragma: no cover - a key spelled like the sentinel
         raise ValueError("cannot build a JSON template for this node structure")
-    return parts
+    return marked
+
+
+def _quoted(names: tuple[str, ...]) -> list[bytes]:
+    """Each name as a JSON string (quotes included)."""
+    if not names:
+        return []
+    inner = compact(list(names))[2:-2].split(b'","')  # '","' never occurs inside a JSON string
+    if len(inner) != len(names):  # pragma: no cover - defensive
+        return [compact(n) for n in names]
+    return [b'"' + q + b'"' for q in inner]
 
 
 def _ends(header: dict[str, Any], empty: bool) -> tuple[bytes, bytes]:
@@ -116,24 +129,18 @@ class JsonEncoder:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        templates: dict[int, tuple[bytes, ...]] = {}
-        segs: list[bytes] = []
-        carry = b""
-        sep = b"    "
-        for name, struct in zip(layout.names, layout.structs, strict=True):
-            t = templates.get(id(struct))
-            if t is None:
-                templates[id(struct)] = t = _template(struct)
-            key = sep + compact(name) + b": "
-            sep = b",\n    "
-            if len(t) == 1:
-                carry += key + t[0]
-            else:
-                segs.append(carry + key + t[0])
-                segs.extend(t[1:-1])
-                carry = t[-1]
-        segs.append(carry)
-        self.segments = segs
+        templates: dict[int, bytes] = {}
+        for struct in layout.structs:
+            if id(struct) not in templates:
+                templates[id(struct)] = _template(struct)
+        keys = [b",\n    " + q + b": " for q in _quoted(layout.names)]
+        if keys:
+            keys[0] = keys[0][2:]
+        parts: list[bytes] = [b""] * (2 * len(keys))
+        parts[0::2] = keys
+        parts[1::2] = [templates[id(s)] for s in layout.structs]
+        # text between numbers: len == numbers + 1
+        self.segments = b"".join(parts).split(_HOLE)
 
     def encode(self, header: dict[str, Any], values: np.ndarray) -> bytes:
         """One file's JSON bytes."""

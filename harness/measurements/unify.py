@@ -43,9 +43,8 @@ from harness.measurements.model import Encoders
 from harness.measurements.model import MeasurementFile
 from harness.measurements.model import Selection
 from harness.measurements.model import SetWriter
-from harness.measurements.model import read_json
+from harness.measurements.model import read_ranks
 from harness.measurements.model import read_mod_list
-from harness.measurements.model import read_npz
 from harness.measurements.model import scan
 from harness.measurements.model import select
 from harness.measurements.naming import Kind
@@ -155,16 +154,18 @@ def align(f: MeasurementFile, base: MeasurementFile) -> np.ndarray:
 def _unified_mod_list(
     members: list[MeasurementFile], lists: dict[int, list[str]], ep: bool, e_local: int
 ) -> list[str] | None:
-    present = [m for m in members if m.rank in lists]
-    if not present:
+    if not any(m.rank in lists for m in members):
         return None
     seen: dict[str, None] = {}
+    experts: dict[str, tuple[str, int] | None] = {}
     for k, m in enumerate(members):
-        for name in lists.get(m.rank, []):
-            e = moe.expert(name) if ep and k else None
-            if e is not None:
-                name = f"{e[0]}.{k * e_local + e[1]}"
-            seen.setdefault(name, None)
+        names = lists.get(m.rank, [])
+        if ep and k:
+            for n in names:
+                if n not in experts:
+                    experts[n] = moe.expert(n)
+            names = [n if (e := experts[n]) is None else f"{e[0]}.{k * e_local + e[1]}" for n in names]
+        seen.update(dict.fromkeys(names))
     return list(seen)
 
 
@@ -270,17 +271,6 @@ def _gather_experts(lay: Layout, stacked: np.ndarray, nodes: list[int], members:
 # The operation
 
 
-def _load(entries: dict[int, dict[str, Any]], world: int, timings: Timings) -> list[MeasurementFile]:
-    files = []
-    for rank in range(world):
-        got = entries[rank]
-        if "json" in got:
-            files.append(read_json(got["json"].path, got["json"].name, timings))
-        else:
-            files.append(read_npz(got["npz"].path, got["npz"].name, timings))
-    return files
-
-
 def unify(
     src_dir: Path | str,
     out_dir: Path | str,
@@ -335,7 +325,7 @@ def unify(
     with staged_directory(out_dir) as stage:
         writer = SetWriter(stage, timings)
         for kind, method, entries in jobs:
-            files = _load(entries, w, timings)
+            files = read_ranks(entries, w, timings)
             encoders: Encoders | None = None
             for g, members_ranks in enumerate(plan):
                 members = [files[r] for r in members_ranks]

@@ -110,15 +110,18 @@ def ep_nodes(rank: int, layers: tuple[int, ...] = (1, 2), experts: int = 2, offs
 
 
 def scale_nodes(nodes: dict[str, Any], scale: float = 0.0625) -> dict[str, Any]:
-    """Scale-file nodes for range nodes: flat lists; MoE per-expert scales in inputs[1:]."""
+    """Scale-file nodes for range nodes: flat lists; MoE per-expert scales in inputs[1:].
+
+    Values are Gaudi2 hardware-aligned (2^-4 and 1) unless ``scale`` says otherwise.
+    """
     out: dict[str, Any] = {}
     for name, node in nodes.items():
         ins = [scale for _ in node["inputs"]]
         if name.endswith("moe_op"):
-            ins = [scale] + [scale * (k + 1) for k in range(len(node["outputs"]) - 1)]
+            ins = [scale] + [scale if k % 2 else 1.0 for k in range(len(node["outputs"]) - 1)]
         n: dict[str, Any] = {"inputs": ins, "outputs": [scale]}
         w = node.get("params", {}).get("weight")
-        n["params"] = {"weight": [scale * 2 for _ in w] if w and len(w) > 1 else scale * 2} if w else {}
+        n["params"] = {"weight": [1.0 for _ in w] if w and len(w) > 1 else 1.0} if w else {}
         out[name] = n
     return out
 

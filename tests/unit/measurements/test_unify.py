@@ -96,7 +96,7 @@ def test_per_channel_entries_take_the_elementwise_max(make_set, tmp_path: Path) 
     assert load_doc(tmp_path / "o" / f"{PREFIX}_0_1.json")["Nodes"]["lin"]["params"]["weight"] == [[3.0], [2.0]]
     # scale files: element-wise (the public script's list max() would keep [0.125, 0.125] of rank 0 or 1 whole)
     got = load_doc(tmp_path / "o" / f"{PREFIX}_MAXABS_HW_0_1.json")["Nodes"]["lin"]["params"]["weight"]
-    assert got == [0.125, 0.125]
+    assert got == [1.0, 1.0]
 
 
 def test_scale_list_max_is_elementwise_not_lexicographic(tmp_path: Path) -> None:
