@@ -19,14 +19,26 @@ class PreflightSettings(_Strict):
     min_memory_gb: float = 4.0
     required_env: list[str] = Field(default_factory=list)
     nic_check: bool = True
+    # Ray: None = when the cell (or its calibration) spans nodes or a cluster address is set
+    use_ray: bool | None = None
+    ray_timeout_s: float = 120.0
+    cpu_governor: str | None = "performance"  # seed 003; None: do not check (gaudi)
+    vllm_source_dir: str | None = None  # the seed's /workspace/vllm-fork, for the PYTHONPATH fix
 
 
 class CollectivesSettings(_Strict):
     test: str = "all_reduce"
-    sizes: list[str] = Field(default_factory=lambda: ["32m"])
+    sizes: list[str] = Field(default_factory=lambda: ["32m"])  # cpu, when unset: 1m, 4m, 16m
     loop: int = 1000
-    ranks: int | None = None  # default: the cell's world size
+    ranks: int | None = None  # default: gaudi all cards of the cell's nodes; cpu world size (>= 2)
     timeout_s: float = 600.0
+    size_range: list[str] | None = Field(default=None, min_length=2, max_length=2)  # MIN MAX
+    size_range_inc: int = Field(default=1, ge=1)  # hccl_demo --size_range_inc
+    comm_port: int = 5555  # HCCL_COMM_ID=<head>:<port> (seed 003)
+    hccl_demo_dir: str = "hccl_demo"  # where `make` built it (relative: to pytest's cwd)
+    csv: bool = False  # hccl_demo --csv_path into the stage's directory
+    warmup: int = Field(default=2, ge=0)  # gloo only
+    max_seconds_per_size: float = 1.0  # gloo only: fewer than `loop` iterations past this
 
 
 class CalibrationSettings(_Strict):

