@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -203,3 +204,20 @@ def test_a_missing_model_directory_is_named_before_anything_runs(tmp_path):
     (tmp_path / "model").rmdir()
     with pytest.raises(HarnessError, match="model directory not found"):
         service.ensure(c, ScriptBackend(tmp_path / "runs"), tmp_path / "cache")
+
+
+def test_a_plan_that_cannot_run_says_why_instead_of_crashing(tmp_path):
+    c = cell(tmp_path)
+    wide = dataclasses.replace(c, settings=c.settings.model_copy(update={
+        "calibration": c.settings.calibration.model_copy(update={"calibrate_tp": 64})}))
+    (cmd,) = CpuBackend({"cache_dir": str(tmp_path)}).plan_calibration(wide, tmp_path)
+    assert cmd.argv == ("false",) and "64 calibration ranks" in cmd.description
+
+
+def test_a_gaudi_plan_without_a_dataset_names_the_setting(tmp_path):
+    from harness.backends.gaudi import GaudiBackend
+
+    c = Cell(model=ModelFacts(name="m", hub_id="meta-llama/Llama-3.1-8B-Instruct"), device="g2",
+             quantization="fp8")
+    (cmd,) = GaudiBackend({"cache_dir": str(tmp_path)}).plan_calibration(c, tmp_path)
+    assert "settings.calibration.dataset is required" in cmd.description

@@ -202,10 +202,13 @@ class CpuCalibration:
         from harness.calibration import service
 
         cache = Path(self.options.get("cache_dir") or Path(workdir) / "cache")
-        p = service.plan(cell, self, cache, materialize=False)
-        commands = self.calibration_recipe(p.job, p.derivation).commands()
-        if p.derivation is not None:
-            commands += self.derivation_recipe(p.job, p.derivation).commands()
+        try:
+            p = service.plan(cell, self, cache, materialize=False)
+            commands = self.calibration_recipe(p.job, p.derivation).commands()
+            if p.derivation is not None:
+                commands += self.derivation_recipe(p.job, p.derivation).commands()
+        except HarnessError as exc:  # shown in the plan; the stage fails with the same text
+            return [Command(("false",), description=f"calibration cannot run: {exc}")]
         return commands
 
 
