@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from harness.compare import parse_compare_fail
 from harness.errors import HarnessError
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
@@ -60,6 +61,23 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare
+    from harness.compare import render_compare
+    from harness.results import ResultStore
+
+    store = ResultStore(Path(args.results_dir))
+    runs = store.runs()
+    for run_id in (args.base, args.run):
+        if run_id not in runs:
+            raise HarnessError(
+                f"{args.results_dir}: no run {run_id!r} (runs: {', '.join(runs) or 'none'})"
+            )
+    deltas = compare(store.load(args.base), store.load(args.run), args.compare_fail)
+    print(render_compare(deltas, args.base, args.run), end="")
+    return 1 if any(d.failure for d in deltas) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", nargs="?", help="Run id (a directory under --results-dir)")
     report.add_argument("--results-dir", default="reports", metavar="DIR")
     report.set_defaults(func=_cmd_report)
+
+    comp = sub.add_parser(
+        "compare", help="Compare two runs metric by metric; exit 1 on regressions"
+    )
+    comp.add_argument("base", help="Baseline run id")
+    comp.add_argument("run", help="Run id to judge")
+    comp.add_argument("--results-dir", default="reports", metavar="DIR")
+    comp.add_argument(
+        "--compare-fail", type=parse_compare_fail, action="append", default=[], metavar="SPEC"
+    )
+    comp.set_defaults(func=_cmd_compare)
 
     runs = sub.add_parser("runs", help="List stored runs, oldest first")
     runs.add_argument("--results-dir", default="reports", metavar="DIR")

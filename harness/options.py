@@ -10,6 +10,8 @@ from typing import Any
 
 from harness.cell import STAGE_NAMES
 from harness.cell import Stage
+from harness.compare import RegressionCheck
+from harness.compare import parse_compare_fail
 
 
 def parse_stages(value: str) -> tuple[Stage, ...]:
@@ -85,6 +87,23 @@ def add_harness_options(addoption: Callable[..., Any]) -> None:
         help="Where runs are written (<DIR>/<run-id>/results.jsonl). Default: reports",
     )
     addoption(
+        "--baseline",
+        dest="harness_baseline",
+        metavar="RUN",
+        default=None,
+        help="Compare with this earlier run (a run id under --results-dir, or 'latest')",
+    )
+    addoption(
+        "--compare-fail",
+        dest="harness_compare_fail",
+        metavar="STAGE.METRIC:LIMIT",
+        type=parse_compare_fail,
+        action="append",
+        default=[],
+        help="Fail the run when a metric regressed past LIMIT vs --baseline "
+        "(e.g. throughput.output_throughput:-5%%, accuracy.exact_match_strict:-0.02)",
+    )
+    addoption(
         "--harness-cache",
         dest="harness_cache",
         metavar="DIR",
@@ -104,6 +123,8 @@ class RunOptions:
     plan: bool
     results_dir: Path
     cache_dir: Path
+    baseline: str | None = None
+    compare_fail: tuple[RegressionCheck, ...] = ()
 
     @classmethod
     def from_config(cls, config: Any) -> RunOptions:
@@ -125,4 +146,6 @@ class RunOptions:
             plan=bool(config.getoption("harness_plan")),
             results_dir=results if results.is_absolute() else root / results,
             cache_dir=cache if cache.is_absolute() else root / cache,
+            baseline=config.getoption("harness_baseline"),
+            compare_fail=tuple(config.getoption("harness_compare_fail") or ()),
         )

@@ -52,17 +52,18 @@ def pytest_configure(config: pytest.Config) -> None:
     if not _is_suite_run(config):
         return
     options = RunOptions.from_config(config)
+    worker = getattr(config, "workerinput", None)
+    run_id = worker.get("harness_run_id") if worker else None
     try:
         matrix = load_matrix(options.matrix)
         backend = backends.get(
             options.backend or matrix.backend,
             {"workdir": str(options.results_dir), "cache_dir": str(options.cache_dir)},
         )
+        session = HarnessSession(options, matrix, backend, run_id, worker is not None)
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
-    worker = getattr(config, "workerinput", None)
-    run_id = worker.get("harness_run_id") if worker else None
-    config.stash[SESSION_KEY] = HarnessSession(options, matrix, backend, run_id, worker is not None)
+    config.stash[SESSION_KEY] = session
     stop_on_sigterm()
 
 
@@ -179,10 +180,17 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         harness.item_done(item, nextitem)
 
 
+REGRESSIONS_KEY = pytest.StashKey[list[str]]()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     harness = _session(session.config)
-    if harness is not None and not hasattr(session.config, "workerinput"):
-        harness.finish()
+    if harness is None or hasattr(session.config, "workerinput"):
+        return
+    regressions = harness.finish()
+    session.config.stash[REGRESSIONS_KEY] = regressions
+    if regressions and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -194,6 +202,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.section("harness summary")
         terminalreporter.write(summary.read_text(encoding="utf-8"))
         terminalreporter.write_line(f"results: {harness.store.path}")
+    regressions = config.stash.get(REGRESSIONS_KEY, [])
+    if harness.baseline is not None:
+        terminalreporter.section("regressions vs baseline", red=bool(regressions))
+        for line in regressions or ["none"]:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"comparison: {harness.store.dir / 'compare.md'}")
 
 
 # fixtures ----------------------------------------------------------------

@@ -109,6 +109,8 @@ class HarnessSession:
         self._opened = False
         self._calibrations: dict[str, Any] = {}
         self._params: dict[str, Any] = {}
+        self.baseline_id: str | None = None
+        self.baseline = self.load_baseline()
         self._server: tuple[str, Any, contextlib.ExitStack] | None = None
 
     # selection -----------------------------------------------------------
@@ -246,19 +248,50 @@ class HarnessSession:
         if upcoming is None or upcoming.id != self._server[0]:
             self.stop_server()
 
-    def finish(self) -> str | None:
-        """Stop leftover processes, write summary.md; return the summary text."""
+    def load_baseline(self) -> list[StageResult] | None:
+        """The --baseline run's records, loaded before anything runs (a missing run fails fast)."""
+        if self.options.baseline is None:
+            return None
+        from harness.results import ResultStore
+
+        store = ResultStore(self.options.results_dir)
+        run_id = store.latest() if self.options.baseline == "latest" else self.options.baseline
+        if run_id is None or run_id not in store.runs():
+            raise HarnessError(
+                f"--baseline {self.options.baseline}: no such run in {self.options.results_dir} "
+                f"(runs: {', '.join(store.runs()[-5:]) or 'none'})"
+            )
+        self.baseline_id = run_id
+        return store.load(run_id)
+
+    def finish(self) -> list[str]:
+        """Stop leftover processes; write summary.md (and compare.md with --baseline).
+
+        Returns the regressions against the baseline, one line each (empty when none)."""
         self.stop_server()
         kill_all_groups()
         if not self.store.path.is_file():
-            return None
+            return []
+        from harness.compare import compare
+        from harness.compare import render_compare
         from harness.results import stage_results
 
-        summary = render_summary(
-            stage_results(self.store.path), self.matrix.name, self.store.run_id
-        )
+        results = stage_results(self.store.path)
+        summary = render_summary(results, self.matrix.name, self.store.run_id)
         write_atomic(self.store.dir / "summary.md", summary)
-        return summary
+        if self.baseline is None:
+            return []
+        deltas = compare(self.baseline, results, self.options.compare_fail)
+        write_atomic(
+            self.store.dir / "compare.md",
+            render_compare(deltas, self.baseline_id, self.store.run_id),
+        )
+        return [
+            f"{d.cell}: {d.metric} {d.base:.4g} -> {d.value:.4g} {d.failure} "
+            f"(baseline run {self.baseline_id})"
+            for d in deltas
+            if d.failure
+        ]
 
 
 def _message(report: pytest.TestReport) -> str:

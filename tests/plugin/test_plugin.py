@@ -284,3 +284,27 @@ def test_collectives(cell, stage, tmp_path):
     summaries = list((project.path / "out").glob("*/summary.md"))
     assert summaries, out[-3000:]
     assert "| alpha/cpu/tp1/bf16-kv-auto | PASS" in summaries[0].read_text()
+
+
+def test_baseline_comparison_fails_the_run_on_a_regression_and_writes_compare_md(project):
+    run(project).assert_outcomes(passed=4)
+    base = sorted((project.path / "out").iterdir())[-1].name
+    project.makepyfile(
+        test_coll=SLOW_COLLECTIVES.replace('metric("probe", 1)', 'metric("probe", 0.5)')
+    )
+    result = run(project, "--baseline", base, "--compare-fail", "collectives.probe:-10%")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*regressions vs baseline*",
+            f"alpha/cpu/tp1/bf16-kv-auto: collectives.probe 1 -> 0.5 -50% (allowed -10%) (baseline run {base})",
+        ]
+    )
+    newest = sorted((project.path / "out").iterdir())[-1]
+    assert "REGRESSION" in (newest / "compare.md").read_text()
+
+
+def test_an_unknown_baseline_is_a_usage_error(project):
+    result = run(project, "--baseline", "20000101-000000-zzzz")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--baseline 20000101-000000-zzzz: no such run*"])
