@@ -1,4 +1,4 @@
-"""Benchmark the measurement tools on the real DeepSeek-R1 EP16 set, side by side with the public scripts.
+"""Benchmark the measurement tools on the real DeepSeek-R1 EP16 set beside the public scripts.
 
 Prints, for ``unify -r 1 -u -s`` (EP16 -> 1) and ``expand -w 16`` (1 -> EP16):
 
@@ -89,10 +89,18 @@ def io_floor(src: Path, unified: Path, work: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Shared data root. Default: %(default)s")
-    parser.add_argument("--reference-dir", type=Path, help="Directory with the public step-5/step-6 scripts")
-    parser.add_argument("--repeat", type=int, default=1, help="Runs per figure (best is kept). Default: %(default)s")
-    parser.add_argument("--no-verify", action="store_true", help="Skip comparing values with the reference")
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="Shared data root. Default: %(default)s"
+    )
+    parser.add_argument(
+        "--reference-dir", type=Path, help="Directory with the public step-5/step-6 scripts"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="Runs per figure (best is kept). Default: %(default)s"
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="Skip comparing values with the reference"
+    )
     args = parser.parse_args(argv)
     src = args.data / SET
     if not src.is_dir():
@@ -114,21 +122,87 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             ours_u, ours_e = work / "ours-u1", work / "ours-ep16"
             shutil.rmtree(ours_u, ignore_errors=True)
-            keep("ours unify", run([py, "-m", "harness.measurements", "unify", "-m", str(src), "-o", str(ours_u),
-                                    "-r", "1", "-u", "-s"], REPO))
+            keep(
+                "ours unify",
+                run(
+                    [
+                        py,
+                        "-m",
+                        "harness.measurements",
+                        "unify",
+                        "-m",
+                        str(src),
+                        "-o",
+                        str(ours_u),
+                        "-r",
+                        "1",
+                        "-u",
+                        "-s",
+                    ],
+                    REPO,
+                ),
+            )
             shutil.rmtree(ours_e, ignore_errors=True)
-            keep("ours expand", run([py, "-m", "harness.measurements", "expand", "-m", str(ours_u), "-o", str(ours_e),
-                                     "-w", "16"], REPO))
+            keep(
+                "ours expand",
+                run(
+                    [
+                        py,
+                        "-m",
+                        "harness.measurements",
+                        "expand",
+                        "-m",
+                        str(ours_u),
+                        "-o",
+                        str(ours_e),
+                        "-w",
+                        "16",
+                    ],
+                    REPO,
+                ),
+            )
             if ref is not None:
                 ref_u, ref_e = fresh(work / "ref-u1"), fresh(work / "ref-ep16")
-                keep("reference unify", run([py, str(ref / UNIFY_SCRIPT), "-m", str(src), "-o", str(ref_u),
-                                             "-r", "1", "-u", "-s"], work))
-                keep("reference expand", run([py, str(ref / EXPAND_SCRIPT), "-m", str(ref_u), "-o", str(ref_e),
-                                              "-w", "16"], work))
+                keep(
+                    "reference unify",
+                    run(
+                        [
+                            py,
+                            str(ref / UNIFY_SCRIPT),
+                            "-m",
+                            str(src),
+                            "-o",
+                            str(ref_u),
+                            "-r",
+                            "1",
+                            "-u",
+                            "-s",
+                        ],
+                        work,
+                    ),
+                )
+                keep(
+                    "reference expand",
+                    run(
+                        [
+                            py,
+                            str(ref / EXPAND_SCRIPT),
+                            "-m",
+                            str(ref_u),
+                            "-o",
+                            str(ref_e),
+                            "-w",
+                            "16",
+                        ],
+                        work,
+                    ),
+                )
             # in-process: where the time goes
             shutil.rmtree(work / "inproc-u1", ignore_errors=True)
             t0 = time.perf_counter()
-            outcome = unify(src, work / "inproc-u1", ranks=1, expert_parallel=True, skip_scales=True)
+            outcome = unify(
+                src, work / "inproc-u1", ranks=1, expert_parallel=True, skip_scales=True
+            )
             wall = time.perf_counter() - t0
             if not phases_unify or wall < phases_unify["wall"]:
                 phases_unify = {**outcome.timings.seconds, "wall": wall}
@@ -138,40 +212,58 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - t0
             if not phases_expand or wall < phases_expand["wall"]:
                 phases_expand = {**outcome.timings.seconds, "wall": wall}
-        floor = min((io_floor(src, work / "ours-u1", work) for _ in range(args.repeat)), key=lambda f: f["total"])
+        floor = min(
+            (io_floor(src, work / "ours-u1", work) for _ in range(args.repeat)),
+            key=lambda f: f["total"],
+        )
 
         def phases(p: dict[str, float]) -> str:
             return ", ".join(f"{k} {p[k]:.2f}" for k in ("parse", "compute", "encode", "write"))
 
         out = io.StringIO()
         w = out.write
-        w(f"DeepSeek-R1-0528 EP16 measurements ({src}); best of {args.repeat}; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n\n")
+        w(
+            f"DeepSeek-R1-0528 EP16 measurements ({src}); best of {args.repeat}; load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n\n"
+        )
         w("unify -r 1 -u -s (16 ranks -> 1)\n")
-        w(f"  I/O floor      {floor['total']:6.2f} s  (parse 16 JSON {floor['parse']:.2f}, np.savez of the unified "
-          f"arrays {floor['npz']:.2f}, orjson {floor['json']:.2f})\n")
+        w(
+            f"  I/O floor      {floor['total']:6.2f} s  (parse 16 JSON {floor['parse']:.2f}, "
+            f"np.savez of the unified arrays {floor['npz']:.2f}, orjson {floor['json']:.2f})\n"
+        )
         ou = best["ours unify"]
-        w(f"  ours           {ou[0]:6.2f} s  peak RSS {ou[1]:5.0f} MB   {ou[0] / floor['total']:.2f}x the floor"
-          f" (process incl. start-up)\n")
-        w(f"  ours in-proc   {phases_unify['wall']:6.2f} s  ({phases(phases_unify)}) "
-          f"{phases_unify['wall'] / floor['total']:.2f}x the floor\n")
+        w(
+            f"  ours           {ou[0]:6.2f} s  peak RSS {ou[1]:5.0f} MB   "
+            f"{ou[0] / floor['total']:.2f}x the floor (process incl. start-up)\n"
+        )
+        w(
+            f"  ours in-proc   {phases_unify['wall']:6.2f} s  ({phases(phases_unify)}) "
+            f"{phases_unify['wall'] / floor['total']:.2f}x the floor\n"
+        )
         if "reference unify" in best:
             ru = best["reference unify"]
-            w(f"  reference      {ru[0]:6.2f} s  peak RSS {ru[1]:5.0f} MB   ours is {ru[0] / ou[0]:.1f}x faster, "
-              f"{ou[1] / ru[1]:.2f}x the memory\n")
+            w(
+                f"  reference      {ru[0]:6.2f} s  peak RSS {ru[1]:5.0f} MB   "
+                f"ours is {ru[0] / ou[0]:.1f}x faster, {ou[1] / ru[1]:.2f}x the memory\n"
+            )
         w("\nexpand -w 16 (1 rank -> 16)\n")
         oe = best["ours expand"]
         w(f"  ours           {oe[0]:6.2f} s  peak RSS {oe[1]:5.0f} MB\n")
         w(f"  ours in-proc   {phases_expand['wall']:6.2f} s  ({phases(phases_expand)})\n")
         if "reference expand" in best:
             re_ = best["reference expand"]
-            w(f"  reference      {re_[0]:6.2f} s  peak RSS {re_[1]:5.0f} MB   ours is {re_[0] / oe[0]:.1f}x faster, "
-              f"{oe[1] / re_[1]:.2f}x the memory\n")
+            w(
+                f"  reference      {re_[0]:6.2f} s  peak RSS {re_[1]:5.0f} MB   "
+                f"ours is {re_[0] / oe[0]:.1f}x faster, {oe[1] / re_[1]:.2f}x the memory\n"
+            )
         if ref is not None and not args.no_verify:
             same_u = diff(work / "ours-u1", work / "ref-u1").identical
             same_e = diff(work / "ours-ep16", work / "ref-ep16").identical
-            w(f"\nvalues identical to the reference: unify {'yes' if same_u else 'NO'}, "
-              f"expand {'yes' if same_e else 'NO'} (node names, order, shapes, LocalRank, every number)\n")
+            w(
+                f"\nvalues identical to the reference: unify {'yes' if same_u else 'NO'}, "
+                f"expand {'yes' if same_e else 'NO'} "
+                "(node names, order, shapes, LocalRank, every number)\n"
+            )
         print(out.getvalue(), end="")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""INC measurement sets: read/write, unify, expand, postprocess, check and diff (pure data, no torch).
+"""INC measurement sets: read/write, unify, expand, postprocess, check, diff (pure data, no torch).
 
 The library the calibration stage calls::
 

@@ -123,7 +123,9 @@ def staged_directory(target: Path | str) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     except OSError as exc:
-        raise MeasurementError(target, f"cannot write the output directory: {exc.strerror}") from None
+        raise MeasurementError(
+            target, f"cannot write the output directory: {exc.strerror}"
+        ) from None
     try:
         yield stage
         _commit(stage, target)

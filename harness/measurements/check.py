@@ -167,8 +167,10 @@ def _locate(layout: Layout, pos: int) -> str:
 
 def _where(layout: Layout, positions: np.ndarray) -> str:
     names = [_locate(layout, int(p)) for p in positions[: _LIST_MAX + 1]]
-    return _listing(names) if positions.size <= _LIST_MAX else ", ".join(names[:_LIST_MAX]) + (
-        f" (+{positions.size - _LIST_MAX} more)"
+    return (
+        _listing(names)
+        if positions.size <= _LIST_MAX
+        else ", ".join(names[:_LIST_MAX]) + (f" (+{positions.size - _LIST_MAX} more)")
     )
 
 
@@ -250,8 +252,8 @@ def check(
         report.add(
             Severity.ERROR,
             "mixed-prefix",
-            f"several prefixes in one directory ({', '.join(bases)}): tools and INC's dump_stats_path "
-            "expect one set per directory; move the others out",
+            f"several prefixes in one directory ({', '.join(bases)}): tools and INC's "
+            "dump_stats_path expect one set per directory; move the others out",
             directory,
         )
     groups = _groups(data)
@@ -274,8 +276,8 @@ def check(
                 report.add(
                     Severity.ERROR,
                     "world-mismatch",
-                    f"{base} {kind.value}: files disagree about the world size ({text}): remove the "
-                    "stray files or re-run the step that wrote them",
+                    f"{base} {kind.value}: files disagree about the world size ({text}): "
+                    "remove the stray files or re-run the step that wrote them",
                     directory,
                 )
         for w in worlds:
@@ -294,7 +296,10 @@ def _load(report: CheckReport, g: _Group, directory: Path) -> dict[int, Measurem
         if rank >= g.world:
             where = next(iter(got.values())).path
             report.add(
-                Severity.ERROR, "bad-rank", f"rank {rank} is not below the world size {g.world}", where
+                Severity.ERROR,
+                "bad-rank",
+                f"rank {rank} is not below the world size {g.world}",
+                where,
             )
             continue
         if "npz" not in got:
@@ -360,12 +365,19 @@ def _compare(a: MeasurementFile, b: MeasurementFile) -> str | None:
         for n, s in zip(a.layout.names, a.layout.structs, strict=True):
             if b.layout.structs[index[n]] != s:
                 return f"node {n} has different shapes"
-        return None if np.array_equal(a.values, _aligned(b, a.layout), equal_nan=True) else "values differ"
+        return (
+            None
+            if np.array_equal(a.values, _aligned(b, a.layout), equal_nan=True)
+            else "values differ"
+        )
     diff = np.flatnonzero(~((a.values == b.values) | (np.isnan(a.values) & np.isnan(b.values))))
     if diff.size:
         p = int(diff[0])
         where = _locate(a.layout, p)
-        return f"{where} is {a.values[p]:g} in the .json and {b.values[p]:g} in the .npz ({diff.size} values differ)"
+        return (
+            f"{where} is {a.values[p]:g} in the .json and {b.values[p]:g} in the .npz "
+            f"({diff.size} values differ)"
+        )
     return None
 
 
@@ -455,8 +467,8 @@ def _ranks(report: CheckReport, g: _Group, loaded: dict[int, MeasurementFile]) -
             report.add(
                 Severity.ERROR,
                 "duplicate-rank",
-                f"{len(ranks)} files hold LocalRank {lr} (file ranks {_ranks_text(ranks)}): one rank was "
-                "copied over another; restore the calibration output",
+                f"{len(ranks)} files hold LocalRank {lr} (file ranks {_ranks_text(ranks)}): "
+                "one rank was copied over another; restore the calibration output",
                 loaded[ranks[0]].path.parent,
             )
 
@@ -481,7 +493,9 @@ def _nodes(report: CheckReport, loaded: dict[int, MeasurementFile]) -> None:
             report.add(
                 Severity.ERROR,
                 "node-set-differs",
-                f"rank {rank} " + " and ".join(parts) + ": the ranks come from different runs or models",
+                f"rank {rank} "
+                + " and ".join(parts)
+                + ": the ranks come from different runs or models",
                 f.path,
             )
         differ = [
@@ -568,8 +582,9 @@ def _moe(
         report.add(
             Severity.WARNING,
             "unrouted-expert",
-            f"{name}: {len(experts)} experts have intermediate amax 0, never routed during calibration "
-            f"(experts {_listing(experts)}): the calibration data set is too small or too narrow; "
+            f"{name}: {len(experts)} experts have intermediate amax 0, never routed during "
+            f"calibration (experts {_listing(experts)}): the calibration data set is too small "
+            "or too narrow; "
             "calibrate with more and more varied samples",
             first.path.parent,
         )
@@ -577,8 +592,8 @@ def _moe(
         report.add(
             Severity.INFO,
             "expanded",
-            f"expanded set: every rank holds all {n_experts[-1]} experts and its {counts[-1]}-expert slice "
-            f"of the amax (serves at EP{g.world})",
+            f"expanded set: every rank holds all {n_experts[-1]} experts and its "
+            f"{counts[-1]}-expert slice of the amax (serves at EP{g.world})",
             first.path.parent,
         )
         if target_world is not None and target_world != g.world:
@@ -591,11 +606,15 @@ def _moe(
             )
         return f"{len(ops)} MoE ops, expanded ({counts[-1]} of {n_experts[-1]} experts per rank)"
     if g.world == 1:
-        return f"{len(ops)} MoE ops, {counts[-1]} experts (single rank: expand -w N for expert parallelism)"
+        return f"{len(ops)} MoE ops, {counts[-1]} experts (single rank: expand -w N for EP)"
     same_experts = (
         len(
             {
-                tuple(sorted(moe.experts_per_op(f.layout.names).get(first.layout.names[ops[0][0]], ())))
+                tuple(
+                    sorted(
+                        moe.experts_per_op(f.layout.names).get(first.layout.names[ops[0][0]], ())
+                    )
+                )
                 for f in loaded.values()
             }
         )
@@ -604,10 +623,10 @@ def _moe(
     if same_experts:
         text = (
             f"each of the {g.world} ranks holds experts 0-{counts[-1] - 1} of every MoE layer "
-            "and the set was "
-            f"never unified: from an expert-parallel calibration (DeepSeek always is) these are rank-local "
-            f"experts and the set serves only at EP{g.world}; for another size run unify -r 1 -u, then "
-            "expand -w N (unify without -u would max different experts together)"
+            "and the set was never unified: from an expert-parallel calibration (DeepSeek always "
+            f"is) these are rank-local experts and the set serves only at EP{g.world}; for another "
+            "size run unify -r 1 -u, then expand -w N (unify without -u would max different "
+            "experts together)"
         )
         if target_world is not None and target_world != g.world:
             report.add(Severity.ERROR, "expert-parallel", text, first.path.parent)
@@ -619,7 +638,9 @@ def _moe(
 def _mod_lists(
     report: CheckReport, g: _Group, loaded: dict[int, MeasurementFile], mod_entries: list[Entry]
 ) -> None:
-    lists = {e.name.rank: e for e in mod_entries if e.name.base == g.base and e.name.world == g.world}
+    lists = {
+        e.name.rank: e for e in mod_entries if e.name.base == g.base and e.name.world == g.world
+    }
     if not lists:
         report.add(
             Severity.INFO,
@@ -653,15 +674,17 @@ def _mod_lists(
         report.add(
             Severity.WARNING,
             "unmeasured-module",
-            f"{len(missing)} modules of the module list have no measurement (ranks {_ranks_text(ranks)}): "
-            f"{text}; INC patched them but never saw them run: expected for modules this "
-            "configuration does not call (softmax beside fused attention, MoE containers), else "
-            "the calibration did not exercise them",
+            f"{len(missing)} modules of the module list have no measurement "
+            f"(ranks {_ranks_text(ranks)}): {text}; INC patched them but never saw them run: "
+            "expected for modules this configuration does not call (softmax beside fused "
+            "attention, MoE containers), else the calibration did not exercise them",
             where[missing],
         )
 
 
-def infer_device(files: list[MeasurementFile], method: str | None, directory: Path) -> tuple[str | None, str]:
+def infer_device(
+    files: list[MeasurementFile], method: str | None, directory: Path
+) -> tuple[str | None, str]:
     """The Gaudi generation scale files were computed for, and how that was told."""
     if method and "HW" in method.split("_"):
         vals = np.concatenate([f.values for f in files]) if files else np.zeros(0)
@@ -672,7 +695,10 @@ def infer_device(files: list[MeasurementFile], method: str | None, directory: Pa
                 uniq = {int(e) for e in np.unique(exps)}
                 outside = sorted(uniq - _G2_EXPONENTS)
                 if outside:
-                    return "g3", f"hardware-aligned scales such as 2^{outside[0]} exist only on Gaudi3"
+                    return (
+                        "g3",
+                        f"hardware-aligned scales such as 2^{outside[0]} exist only on Gaudi3",
+                    )
                 if vals.size >= 16 and len(uniq) >= 2:
                     return "g2", "every hardware-aligned scale is one of Gaudi2's 2^-8, 2^-4, 1, 16"
     for part in reversed(directory.resolve().parts):
@@ -706,9 +732,10 @@ def _scales(
             report.add(
                 Severity.ERROR,
                 "device-mismatch",
-                f"the {g.method} scale files were computed for {found} ({basis}) but the target is {device}: "
-                f"the FP8 full scale differs ({full[found]} vs {full[device]}); delete the scale files so "
-                "INC recomputes them on the target (or set recalc_scales: true)",
+                f"the {g.method} scale files were computed for {found} ({basis}) but the target "
+                f"is {device}: the FP8 full scale differs ({full[found]} vs {full[device]}); "
+                "delete the scale files so INC recomputes them on the target (or set "
+                "recalc_scales: true)",
                 where,
             )
     ranges = groups.get((g.base, Kind.RANGES, None), {}).get(g.world)
@@ -724,7 +751,8 @@ def _scales(
             report.add(
                 Severity.WARNING,
                 "stale-scales",
-                f"{g.method} scale files of ranks {_ranks_text(stale)} are older than their range files: "
+                f"{g.method} scale files of ranks {_ranks_text(stale)} are older than their range "
+                "files: "
                 "INC reuses existing scale files unless recalc_scales is true, so new measurements "
                 "would be ignored; delete the scale files or set recalc_scales: true",
                 where,

@@ -1,4 +1,4 @@
-"""Command line of the measurement tools: ``harness measurements unify|expand|postprocess|check|diff``.
+"""Command line of the measurement tools: ``harness measurements unify|expand|...``.
 
 The flags are those of the public vLLM-Gaudi calibration scripts (step-3 postprocess, step-5
 unify, step-6 expand): ``-m``, ``-o``, ``-r``, ``-g``, ``-u``, ``-s``, ``-w``, ``-d`` and their long
@@ -55,7 +55,9 @@ def _positive(text: str) -> int:
 
 
 def _io(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("-m", "--measurements", required=True, metavar="DIR", help=f"Directory of the {what}")
+    p.add_argument(
+        "-m", "--measurements", required=True, metavar="DIR", help=f"Directory of the {what}"
+    )
     p.add_argument(
         "-o",
         "--out",
@@ -63,7 +65,9 @@ def _io(p: argparse.ArgumentParser, what: str) -> None:
         metavar="DIR",
         help="Output directory; written atomically, may equal -m (new files join the old ones)",
     )
-    p.add_argument("--prefix", metavar="PREFIX", help="File prefix, when the directory holds several")
+    p.add_argument(
+        "--prefix", metavar="PREFIX", help="File prefix, when the directory holds several"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="Print where the time went")
 
 
@@ -133,7 +137,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p = sub.add_parser(
         "postprocess",
         help="Feed KV-cache ranges to the attention matmuls (public step-3)",
-        description="Set matmul_qk/matmul_av input 1 to the k/v-cache input in every attention block.",
+        description="Set matmul_qk/matmul_av input 1 to the k/v-cache input of each attention.",
     )
     _io(p, "measurement set")
     p.add_argument(
@@ -151,7 +155,9 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     p.add_argument("path", metavar="PATH", help="Measurement directory (or one of its files)")
     p.add_argument(
-        "--device", choices=DEVICES, help="Target Gaudi generation: scale files of another are errors"
+        "--device",
+        choices=DEVICES,
+        help="Target Gaudi generation: scale files of another are errors",
     )
     p.add_argument(
         "--world",
@@ -176,7 +182,9 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         default="ranges",
         help="Which files to compare. Default: %(default)r",
     )
-    p.add_argument("--world", type=_positive, metavar="W", help="World size, when a directory holds several")
+    p.add_argument(
+        "--world", type=_positive, metavar="W", help="World size, when a directory holds several"
+    )
     p.add_argument("--prefix", metavar="PREFIX", help="File prefix, when a directory holds several")
     p.add_argument(
         "--top", type=_positive, default=10, metavar="N", help="Nodes to list. Default: %(default)r"
@@ -241,13 +249,16 @@ def _run_unify(args: argparse.Namespace) -> int:
 
 def _run_expand(args: argparse.Namespace) -> int:
     return _operation(
-        lambda: expand(args.measurements, args.out, args.target_world, prefix=args.prefix), args.verbose
+        lambda: expand(args.measurements, args.out, args.target_world, prefix=args.prefix),
+        args.verbose,
     )
 
 
 def _run_postprocess(args: argparse.Namespace) -> int:
     return _operation(
-        lambda: postprocess(args.measurements, args.out, deepseek=args.deepseek, prefix=args.prefix),
+        lambda: postprocess(
+            args.measurements, args.out, deepseek=args.deepseek, prefix=args.prefix
+        ),
         args.verbose,
     )
 
@@ -264,7 +275,9 @@ def _run_check(args: argparse.Namespace) -> int:
 
 def _run_diff(args: argparse.Namespace) -> int:
     try:
-        report = diff(args.a, args.b, kind=args.kind, top=args.top, world=args.world, prefix=args.prefix)
+        report = diff(
+            args.a, args.b, kind=args.kind, top=args.top, world=args.world, prefix=args.prefix
+        )
     except MeasurementError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE

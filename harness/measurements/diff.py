@@ -35,7 +35,7 @@ class ValueDiff:
 
 @dataclass
 class DiffReport:
-    """Result of :func:`diff`. ``identical`` when nodes, shapes, top-level fields and numbers agree."""
+    """Result of :func:`diff`; ``identical`` when nodes, shapes, header and numbers all agree."""
 
     a: str
     b: str
@@ -113,7 +113,9 @@ class DiffReport:
 
 
 def _ranks(ranks: list[int]) -> str:
-    return ", ".join(map(str, ranks)) if len(ranks) <= 8 else f"{ranks[0]}-{ranks[-1]} ({len(ranks)})"
+    return (
+        ", ".join(map(str, ranks)) if len(ranks) <= 8 else f"{ranks[0]}-{ranks[-1]} ({len(ranks)})"
+    )
 
 
 def _value(v: ValueDiff) -> str:
@@ -123,7 +125,9 @@ def _value(v: ValueDiff) -> str:
     )
 
 
-def _load(path: Path, kind: Kind, world: int | None, prefix: str | None) -> dict[int, MeasurementFile]:
+def _load(
+    path: Path, kind: Kind, world: int | None, prefix: str | None
+) -> dict[int, MeasurementFile]:
     if path.is_file():
         f = read_file(path)
         return {f.rank: f}
@@ -175,7 +179,9 @@ def _compare(
 ) -> list[ValueDiff]:
     for key in dict.fromkeys([*x.header, *y.header]):
         if x.header.get(key) != y.header.get(key):
-            report.header.append(f"rank {rank}: {key} {x.header.get(key)!r} vs {y.header.get(key)!r}")
+            report.header.append(
+                f"rank {rank}: {key} {x.header.get(key)!r} vs {y.header.get(key)!r}"
+            )
     if x.layout == y.layout:
         nodes = list(range(len(x.layout)))
         vx, vy = x.values, y.values
@@ -198,7 +204,9 @@ def _compare(
             nodes.append(i)
         if nodes:
             xi = np.concatenate([np.arange(*x.layout.span(i)) for i in nodes])
-            yi = np.concatenate([np.arange(*y.layout.span(y_index[x.layout.names[i]])) for i in nodes])
+            yi = np.concatenate(
+                [np.arange(*y.layout.span(y_index[x.layout.names[i]])) for i in nodes]
+            )
             vx, vy = x.values[xi], y.values[yi]
             sizes = x.layout.offsets[np.asarray(nodes) + 1] - x.layout.offsets[np.asarray(nodes)]
             starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])

@@ -76,18 +76,26 @@ def _moe_ops(src: MeasurementFile) -> list[_MoeOp]:
     return ops
 
 
-def _plan(src: MeasurementFile, ops: list[_MoeOp], world: int) -> tuple[Layout, list[np.ndarray], np.ndarray]:
-    """The layout every rank shares, each rank's gather index into the source, the varying positions."""
+def _plan(
+    src: MeasurementFile, ops: list[_MoeOp], world: int
+) -> tuple[Layout, list[np.ndarray], np.ndarray]:
+    """The layout all ranks share, each rank's gather index into the source, varying positions."""
     lay = src.layout
     structs = list(lay.structs)
-    spans: list[tuple[int, int, int, int]] = []  # (source start, per-expert start, size of one, per rank)
+    spans: list[
+        tuple[int, int, int, int]
+    ] = []  # (source start, per-expert start, size of one, per rank)
     for op in ops:
         struct = lay.structs[op.index]
         shapes = field(struct, "outputs")[2]  # type: ignore[index]
         if any(s != shapes[1] for s in shapes[1:]):  # pragma: no cover - INC writes one shape
-            raise MeasurementError(src.path, f"{lay.names[op.index]}: per-expert amax of different shapes")
+            raise MeasurementError(
+                src.path, f"{lay.names[op.index]}: per-expert amax of different shapes"
+            )
         per = op.experts // world
-        structs[op.index] = replace_field(struct, ("outputs", LIST, (shapes[0],) + shapes[1 : 1 + per]))
+        structs[op.index] = replace_field(
+            struct, ("outputs", LIST, (shapes[0],) + shapes[1 : 1 + per])
+        )
         spans.append((op.lo, op.hi, (op.hi - op.lo) // op.experts, per))
     layout = Layout(lay.names, tuple(structs))
     # rank 0's gather index and where the per-expert values land; rank r shifts those by r slices
@@ -110,25 +118,31 @@ def _plan(src: MeasurementFile, ops: list[_MoeOp], world: int) -> tuple[Layout, 
     return layout, [base + r * shift for r in range(world)], var
 
 
-def _source(src: Path, prefix: str | None, timings: Timings) -> tuple[MeasurementFile, list[str] | None]:
+def _source(
+    src: Path, prefix: str | None, timings: Timings
+) -> tuple[MeasurementFile, list[str] | None]:
     found = scan(src, prefix)
     if found.bad_names:
         select(found, Selection())  # raises the bad-name error
     ranges = [e for e in found.data() if e.name.kind is Kind.RANGES]
     worlds = sorted({e.name.world for e in ranges})
     if ranges and 1 not in worlds:
-        sample = min((e for e in ranges if e.name.world == worlds[0]), key=lambda e: (e.name.rank, e.name.ext))
+        sample = min(
+            (e for e in ranges if e.name.world == worlds[0]),
+            key=lambda e: (e.name.rank, e.name.ext),
+        )
         what = f"world {', '.join(map(str, worlds))}"
         if _looks_expanded(sample, timings):
             raise MeasurementError(
                 src,
-                f"this is an expanded set ({what}: every rank holds all experts and a slice of their "
-                "amax) and cannot be expanded again; expand the unified single-rank set it came from",
+                f"this is an expanded set ({what}: every rank holds all experts and a slice of "
+                "their amax) and cannot be expanded again; expand the unified single-rank set it "
+                "came from",
             )
         raise MeasurementError(
             src,
-            f"expand needs a unified single-rank set (<prefix>_0_1.json) but the files are of {what}: "
-            "unify them with -r 1 -u first, then expand that",
+            f"expand needs a unified single-rank set (<prefix>_0_1.json) but the files are of "
+            f"{what}: unify them with -r 1 -u first, then expand that",
         )
     _base, _m, _w, entries = select(found, Selection(Kind.RANGES, 1, prefix))
     got = entries[0]
@@ -145,8 +159,10 @@ def _source(src: Path, prefix: str | None, timings: Timings) -> tuple[Measuremen
 
 def _looks_expanded(entry: Entry, timings: Timings) -> bool:
     try:
-        f = read_json(entry.path, entry.name, timings) if entry.name.ext == "json" else read_npz(
-            entry.path, entry.name, timings
+        f = (
+            read_json(entry.path, entry.name, timings)
+            if entry.name.ext == "json"
+            else read_npz(entry.path, entry.name, timings)
         )
         _moe_ops(f)
     except MeasurementError:
@@ -154,8 +170,10 @@ def _looks_expanded(entry: Entry, timings: Timings) -> bool:
     return False
 
 
-def expand(src_dir: Path | str, out_dir: Path | str, world: int, *, prefix: str | None = None) -> Outcome:
-    """Expand the unified single-rank set in ``src_dir`` to ``world`` ranks, atomically into ``out_dir``."""
+def expand(
+    src_dir: Path | str, out_dir: Path | str, world: int, *, prefix: str | None = None
+) -> Outcome:
+    """Expand the unified single-rank set in ``src_dir`` to ``world`` ranks, into ``out_dir``."""
     src = Path(src_dir)
     timings = Timings()
     outcome = Outcome("expand", src, Path(out_dir), timings=timings)
@@ -169,16 +187,23 @@ def expand(src_dir: Path | str, out_dir: Path | str, world: int, *, prefix: str 
             if count % world:
                 options = ", ".join(str(d) for d in range(1, count + 1) if count % d == 0)
                 raise MeasurementError(
-                    source.path, f"{count} experts are not divisible by -w {world}; use one of {options}"
+                    source.path,
+                    f"{count} experts are not divisible by -w {world}; use one of {options}",
                 )
         layout, indexes, varying = _plan(source, ops, world)
     if not ops:
-        outcome.notes.append("no MoE op with per-expert amax: every rank gets the same measurements")
+        outcome.notes.append(
+            "no MoE op with per-expert amax: every rank gets the same measurements"
+        )
     else:
-        outcome.notes.append(f"{len(ops)} MoE ops, {counts[-1]} experts -> {counts[-1] // world} per rank")
+        outcome.notes.append(
+            f"{len(ops)} MoE ops, {counts[-1]} experts -> {counts[-1] // world} per rank"
+        )
     has_scales = any(e.name.kind is Kind.SCALES for e in scan(src, prefix).data())
     if has_scales:
-        outcome.notes.append("scale files not expanded (INC computes them from the expanded ranges)")
+        outcome.notes.append(
+            "scale files not expanded (INC computes them from the expanded ranges)"
+        )
 
     with staged_directory(out_dir) as stage:
         writer = SetWriter(stage, timings)

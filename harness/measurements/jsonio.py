@@ -11,7 +11,7 @@ Written files hold the same document as INC's, laid out one node per line::
       "LocalRank": 0,
       "Mode": "DynamicRange",
       "Nodes": {
-        "model.layers.0.self_attn.q_a_proj": {"inputs":[[[6.84375]]],"params":{"weight":[[0.23828125]]}},
+        "model.layers.0.mlp.down_proj": {"inputs":[[[6.84375]]],"params":{"weight":[[0.2383]]}},
         ...
       }
     }
@@ -86,7 +86,9 @@ def _template(struct: NodeStruct) -> bytes:
     """The compact text of a node of this structure with a NUL byte for each number."""
     text = compact(node_doc(struct, [_SENTINEL] * struct_size(struct), 0))
     marked = text.replace(compact(_SENTINEL), _HOLE)
-    if marked.count(_HOLE) != struct_size(struct):  # pragma: no cover - a key spelled like the sentinel
+    if marked.count(_HOLE) != struct_size(
+        struct
+    ):  # pragma: no cover - a key spelled like the sentinel
         raise ValueError("cannot build a JSON template for this node structure")
     return marked
 
@@ -117,7 +119,9 @@ def _slow(header: dict[str, Any], layout: Layout, values: np.ndarray) -> bytes:
         b"    "
         + json.dumps(name).encode()
         + b": "
-        + json.dumps(node_doc(struct, vals, offsets[k]), separators=(",", ":"), allow_nan=True).encode()
+        + json.dumps(
+            node_doc(struct, vals, offsets[k]), separators=(",", ":"), allow_nan=True
+        ).encode()
         for k, (name, struct) in enumerate(zip(layout.names, layout.structs, strict=True))
     ]
     head, tail = _ends(header, not lines)
@@ -125,7 +129,7 @@ def _slow(header: dict[str, Any], layout: Layout, values: np.ndarray) -> bytes:
 
 
 class JsonEncoder:
-    """Write JSON files of one layout: the text between numbers is built once, numbers are spliced in."""
+    """Write JSON files of one layout: text between numbers built once, numbers spliced in."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout

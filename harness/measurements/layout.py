@@ -60,7 +60,7 @@ def _prod(shape: Shape) -> int:
 
 
 def struct_items(struct: NodeStruct) -> tuple[tuple[str, str | int, int, int, Shape], ...]:
-    """Each entry of a node: ``(field, index or name, start, size, shape)``, start relative to the node."""
+    """Each entry of a node: ``(field, index or name, start, size, shape)``; start is relative."""
     struct = intern(struct)
     got = _ITEMS.get(id(struct))
     if got is not None:
@@ -287,7 +287,7 @@ def _plan(struct: NodeStruct) -> _Plan | None:
 
 
 def _read_known(node: Any, plan: _Plan, append: Any) -> bool:
-    """Append the numbers of ``node`` if it has the planned structure (else False, maybe part-way)."""
+    """Append the numbers of ``node`` if it has the planned structure (else False, part-way)."""
     if type(node) is not dict or tuple(node) != plan[0]:
         return False
     for key, is_list, spec in plan[1]:
@@ -313,7 +313,9 @@ def _read_known(node: Any, plan: _Plan, append: Any) -> bool:
     return True
 
 
-def from_json_nodes(nodes: Any, where: str, like: Layout | None = None) -> tuple[Layout, np.ndarray]:
+def from_json_nodes(
+    nodes: Any, where: str, like: Layout | None = None
+) -> tuple[Layout, np.ndarray]:
     """Layout and values of a parsed JSON ``Nodes`` object.
 
     ``like`` is the layout this file probably shares (another rank of the set): nodes that match it
@@ -323,7 +325,11 @@ def from_json_nodes(nodes: Any, where: str, like: Layout | None = None) -> tuple
         raise MeasurementError(where, f"'Nodes' is a {type(nodes).__name__}, expected an object")
     out: list[float] = []
     structs: list[NodeStruct] = []
-    guess = like.structs if like is not None and len(like) == len(nodes) and tuple(nodes) == like.names else None
+    guess = (
+        like.structs
+        if like is not None and len(like) == len(nodes) and tuple(nodes) == like.names
+        else None
+    )
     append = out.append
     for i, (name, node) in enumerate(nodes.items()):
         if guess is not None:
@@ -382,7 +388,10 @@ class _Chunks:
         if self.simple:
             return np.frombuffer(b"".join(self.raw), dtype=np.float32).copy()
         return np.concatenate(
-            [np.frombuffer(r, dtype=np.float32) if isinstance(r, (bytes, bytearray)) else r for r in self.raw]
+            [
+                np.frombuffer(r, dtype=np.float32) if isinstance(r, (bytes, bytearray)) else r
+                for r in self.raw
+            ]
         )
 
 
@@ -489,7 +498,9 @@ def node_doc(struct: NodeStruct, vals: list[float], start: int) -> dict[str, Any
     return doc
 
 
-def nodes_doc(layout: Layout, vals: list[float], start: int = 0, stop: int | None = None) -> dict[str, Any]:
+def nodes_doc(
+    layout: Layout, vals: list[float], start: int = 0, stop: int | None = None
+) -> dict[str, Any]:
     """Nodes ``start:stop`` as a JSON-ready dict; ``vals`` is ``values.tolist()``."""
     stop = len(layout) if stop is None else stop
     names = layout.names

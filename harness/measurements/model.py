@@ -118,7 +118,9 @@ def scan(directory: Path | str, prefix: str | None = None) -> Scan:
     """List the measurement files of ``directory`` (hidden entries are skipped)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise MeasurementError(directory, "not a directory (expected a directory of INC measurement files)")
+        raise MeasurementError(
+            directory, "not a directory (expected a directory of INC measurement files)"
+        )
     entries: list[Entry] = []
     bad: list[Path] = []
     with os.scandir(directory) as it:
@@ -191,7 +193,9 @@ def select(found: Scan, sel: Selection) -> tuple[str, str | None, int, dict[int,
     if len(bases) > 1:
         counts = ", ".join(f"{b} ({sum(e.name.base == b for e in data)} files)" for b in bases)
         raise MeasurementError(
-            where, f"mixed prefixes in one directory: {counts}; keep one set per directory or pass a prefix"
+            where,
+            f"mixed prefixes in one directory: {counts}; keep one set per directory or pass "
+            "a prefix",
         )
     prefix = bases[0]
     of_kind = [e for e in data if e.name.kind is sel.kind]
@@ -201,32 +205,39 @@ def select(found: Scan, sel: Selection) -> tuple[str, str | None, int, dict[int,
     method: str | None = sel.method
     if method is None:
         if len(methods) > 1:
-            raise MeasurementError(where, f"scale files of several methods ({', '.join(methods)}); pick one")
+            raise MeasurementError(
+                where, f"scale files of several methods ({', '.join(methods)}); pick one"
+            )
         method = methods[0] or None
     of_method = [e for e in of_kind if e.name.method == method]
     if not of_method:
-        raise MeasurementError(where, f"no scale files of method {method} (found {', '.join(methods)})")
+        raise MeasurementError(
+            where, f"no scale files of method {method} (found {', '.join(methods)})"
+        )
     worlds = sorted({e.name.world for e in of_method})
     world = sel.world
     if world is None:
         if len(worlds) > 1:
-            groups = "; ".join(
-                f"world {w}: ranks {_ranks_text(e.name.rank for e in of_method if e.name.world == w)}"
-                for w in worlds
-            )
+            ranks = {w: [e.name.rank for e in of_method if e.name.world == w] for w in worlds}
+            groups = "; ".join(f"world {w}: ranks {_ranks_text(ranks[w])}" for w in worlds)
             raise MeasurementError(
-                where, f"files of several world sizes ({groups}); pick one with --world (library: world=)"
+                where,
+                f"files of several world sizes ({groups}); pick one with --world (library: world=)",
             )
         world = worlds[0]
     chosen = [e for e in of_method if e.name.world == world]
     if not chosen:
-        raise MeasurementError(where, f"no {sel.kind.value} files for world {world} (found worlds {worlds})")
+        raise MeasurementError(
+            where, f"no {sel.kind.value} files for world {world} (found worlds {worlds})"
+        )
     by_rank: dict[int, dict[str, Entry]] = {}
     for e in chosen:
         by_rank.setdefault(e.name.rank, {})[e.name.ext] = e
     outside = sorted(r for r in by_rank if r >= world)
     if outside:
-        raise MeasurementError(where, f"rank {outside[0]} is not below the world size {world} ({prefix})")
+        raise MeasurementError(
+            where, f"rank {outside[0]} is not below the world size {world} ({prefix})"
+        )
     missing = sorted(set(range(world)) - set(by_rank))
     if missing:
         raise MeasurementError(
@@ -247,7 +258,9 @@ def _header(doc: dict[str, Any], where: Path, expected: Kind | None) -> dict[str
     header = {k: v for k, v in doc.items() if k != "Nodes"}
     mode = header.get("Mode")
     if expected is Kind.SCALES and mode != "Scale":
-        raise MeasurementError(where, f"the name says scale file but Mode is {mode!r}, expected 'Scale'")
+        raise MeasurementError(
+            where, f"the name says scale file but Mode is {mode!r}, expected 'Scale'"
+        )
     if expected is Kind.RANGES and mode == "Scale":
         raise MeasurementError(
             where, "the name says range file but Mode is 'Scale' (scale files carry the method)"
@@ -256,9 +269,12 @@ def _header(doc: dict[str, Any], where: Path, expected: Kind | None) -> dict[str
 
 
 def read_json(
-    path: Path, name: FileName | None = None, timings: Timings | None = None, like: Layout | None = None
+    path: Path,
+    name: FileName | None = None,
+    timings: Timings | None = None,
+    like: Layout | None = None,
 ) -> MeasurementFile:
-    """Read one rank from its JSON file (``like``: the layout it probably shares, to read faster)."""
+    """Read one rank from its JSON (``like``: the layout it probably shares, read faster)."""
     timings = timings or Timings()
     name = name or _name_of(path)
     with timings.phase("parse"):
@@ -274,7 +290,9 @@ def read_json(
     return MeasurementFile(name.with_ext("json"), path, header, layout, values)
 
 
-def read_npz(path: Path, name: FileName | None = None, timings: Timings | None = None) -> MeasurementFile:
+def read_npz(
+    path: Path, name: FileName | None = None, timings: Timings | None = None
+) -> MeasurementFile:
     """Read one rank from its NPZ file."""
     timings = timings or Timings()
     name = name or _name_of(path)
@@ -356,8 +374,10 @@ def load_set(
     return MeasurementSet(Path(directory), base, sel_kind, method, world, files, mod_lists)
 
 
-def read_ranks(by_rank: dict[int, dict[str, Entry]], world: int, timings: Timings | None = None) -> list[MeasurementFile]:
-    """Read ranks ``0..world-1`` (JSON preferred), each reading faster when it shares the first's layout."""
+def read_ranks(
+    by_rank: dict[int, dict[str, Entry]], world: int, timings: Timings | None = None
+) -> list[MeasurementFile]:
+    """Read ranks ``0..world-1`` (JSON preferred); ranks sharing rank 0's layout read faster."""
     files: list[MeasurementFile] = []
     for rank in range(world):
         got = by_rank[rank]
@@ -369,11 +389,14 @@ def read_ranks(by_rank: dict[int, dict[str, Entry]], world: int, timings: Timing
     return files
 
 
-def kinds_present(directory: Path | str, prefix: str | None = None) -> list[tuple[Kind, str | None]]:
+def kinds_present(
+    directory: Path | str, prefix: str | None = None
+) -> list[tuple[Kind, str | None]]:
     """The (kind, method) pairs present in a directory, ranges first."""
     found = scan(directory, prefix)
     pairs = sorted(
-        {(e.name.kind, e.name.method) for e in found.data()}, key=lambda p: (p[0] is Kind.SCALES, p[1] or "")
+        {(e.name.kind, e.name.method) for e in found.data()},
+        key=lambda p: (p[0] is Kind.SCALES, p[1] or ""),
     )
     return pairs
 
@@ -407,7 +430,7 @@ class SetWriter:
         values: np.ndarray,
         encoders: Encoders | None = None,
     ) -> None:
-        """Write one rank as ``.json`` and ``.npz``; pass ``encoders`` of the layout to share work."""
+        """Write one rank as ``.json`` and ``.npz``; ``encoders`` of the layout share work."""
         with self.timings.phase("encode"):
             if encoders is None or encoders.layout != layout:
                 encoders = Encoders(layout)

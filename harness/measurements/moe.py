@@ -58,7 +58,9 @@ def experts_per_op(names: Iterable[str]) -> dict[str, set[int]]:
         prefix, index = e
         op = op_of_expert(prefix)
         found.setdefault(op, {}).setdefault(prefix.rsplit(".", 1)[1], set()).add(index)
-    return {op: lists.get("w13_list") or lists.get("w2_list") or set() for op, lists in found.items()}
+    return {
+        op: lists.get("w13_list") or lists.get("w2_list") or set() for op, lists in found.items()
+    }
 
 
 def per_expert_field(kind: Kind) -> str:

@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-_NAME = re.compile(r"^(?P<stem>.+?)_(?P<rank>\d+)_(?P<world>\d+)(?P<mod_list>_mod_list)?\.(?P<ext>json|npz)$")
+_NAME = re.compile(
+    r"^(?P<stem>.+?)_(?P<rank>\d+)_(?P<world>\d+)(?P<mod_list>_mod_list)?\.(?P<ext>json|npz)$"
+)
 
 MOD_LIST_SUFFIX = "_mod_list"
 RANK_RULE = "<prefix>_<rank>_<world>.json|.npz (for example inc_output_hooks_maxabs_0_8.json)"

@@ -20,6 +20,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from struct import Struct
 from typing import Any
 
 import numpy as np
@@ -43,21 +44,25 @@ def _raw_array(*_args: Any) -> RawArray:
 class _Unpickler(pickle.Unpickler):
     """Only numpy arrays, dtypes and scalars: a measurement file has no business importing more."""
 
-    _ALLOWED = {
-        ("numpy", "dtype"),
-        ("numpy", "ndarray"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("builtins", "slice"),
-        ("_codecs", "encode"),
-    }
+    _ALLOWED = frozenset(
+        {
+            ("numpy", "dtype"),
+            ("numpy", "ndarray"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("builtins", "slice"),
+            ("_codecs", "encode"),
+        }
+    )
 
     def find_class(self, module: str, name: str) -> Any:
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             return _raw_array
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a measurement file)")
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name} (not part of a measurement file)"
+        )
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -66,7 +71,9 @@ def read(path: Path) -> dict[str, Any]:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             if names != [MEMBER]:
-                raise MeasurementError(path, f"NPZ holds {names}, expected the single member {MEMBER}")
+                raise MeasurementError(
+                    path, f"NPZ holds {names}, expected the single member {MEMBER}"
+                )
             with zf.open(MEMBER) as f:
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):
@@ -74,7 +81,9 @@ def read(path: Path) -> dict[str, Any]:
                 else:
                     _shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
                 if not dtype.hasobject:
-                    raise MeasurementError(path, f"NPZ arr_0 is a {dtype} array, expected a pickled dict")
+                    raise MeasurementError(
+                        path, f"NPZ arr_0 is a {dtype} array, expected a pickled dict"
+                    )
                 holder = _Unpickler(f).load()
     except MeasurementError:
         raise
@@ -170,6 +179,19 @@ def _str(s: str) -> bytes:
     return b"X" + len(raw).to_bytes(4, "little") + raw
 
 
+_U32 = Struct("<I").pack
+
+
+def _utf8(names: tuple[str, ...]) -> list[bytes]:
+    """UTF-8 of every name, encoded in one call when no name holds a NUL."""
+    if not names:
+        return []
+    parts = "\x00".join(names).encode("utf-8", "surrogatepass").split(b"\x00")
+    if len(parts) != len(names):  # pragma: no cover - a NUL inside a module name
+        return [n.encode("utf-8", "surrogatepass") for n in names]
+    return parts
+
+
 def _fragment(obj: Any) -> bytes:
     """Pickle opcodes for a small object without memo entries (so it can sit anywhere)."""
     buf = io.BytesIO()
@@ -238,7 +260,7 @@ class _Template:
 
 
 class NpzEncoder:
-    """Write NPZ files of one layout; the pickle skeleton is built once, numbers are scattered in."""
+    """Write NPZ files of one layout: the pickle skeleton built once, numbers scattered in."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
@@ -249,15 +271,20 @@ class NpzEncoder:
             if id(struct) not in codes:
                 codes[id(struct)] = len(templates)
                 templates.append(_Template(struct, shared))
-        code = np.fromiter((codes[id(s)] for s in layout.structs), dtype=np.int64, count=len(layout))
-        heads = [_str(name) for name in layout.names]
-        bodies = [templates[c].data for c in code.tolist()]
-        joined: list[bytes] = [b""] * (2 * len(heads))
-        joined[0::2] = heads
-        joined[1::2] = bodies
+        code_list = [codes[id(s)] for s in layout.structs]
+        code = np.array(code_list, dtype=np.int64)
+        names = _utf8(layout.names)
+        lengths = list(map(len, names))
+        bodies = [templates[c].data for c in code_list]
+        n = len(names)
+        joined: list[bytes] = [b""] * (4 * n)
+        joined[0::4] = [b"X"] * n  # BINUNICODE <length> <utf-8>: the node name
+        joined[1::4] = list(map(_U32, lengths))
+        joined[2::4] = names
+        joined[3::4] = bodies
         self.skeleton = b"".join(joined)
-        head_len = np.fromiter(map(len, heads), dtype=np.int64, count=len(heads))
-        body_len = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
+        head_len = np.array(lengths, dtype=np.int64) + 5
+        body_len = np.fromiter(map(len, bodies), dtype=np.int64, count=n)
         bases = np.cumsum(head_len + body_len) - body_len  # where each node's template starts
         # dst[j] is the stream position of byte j of the float32 value vector
         self.dst = np.zeros(4 * layout.size, dtype=np.int64)
@@ -305,7 +332,9 @@ def has_stream(path: Path, chunks: list[bytes | bytearray]) -> bool:
 
 def write_chunks(path: Path, chunks: list[bytes | bytearray]) -> None:
     """Write an NPZ whose ``arr_0.npy`` member is ``chunks`` (zip stored, like ``np.savez``)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        with zf.open(MEMBER, "w", force_zip64=True) as member:
-            for chunk in chunks:
-                member.write(chunk)
+    with (
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf,
+        zf.open(MEMBER, "w", force_zip64=True) as member,
+    ):
+        for chunk in chunks:
+            member.write(chunk)

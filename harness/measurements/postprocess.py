@@ -52,7 +52,9 @@ def _item(layout: Layout, i: int, key: str, index: int) -> tuple[int, int, tuple
     return None
 
 
-def fix_cache_inputs(f: MeasurementFile, deepseek: bool) -> tuple[Layout, np.ndarray, int, int, list[str]]:
+def fix_cache_inputs(
+    f: MeasurementFile, deepseek: bool
+) -> tuple[Layout, np.ndarray, int, int, list[str]]:
     """Fix one file: (layout, values, blocks found, entries changed, cache names missing)."""
     k_cache = "latent_cache_k" if deepseek else "k_cache"
     v_cache = "latent_cache_k" if deepseek else "v_cache"
@@ -61,14 +63,19 @@ def fix_cache_inputs(f: MeasurementFile, deepseek: bool) -> tuple[Layout, np.nda
     values = f.values.copy()
     blocks = list(
         dict.fromkeys(
-            n[: -len(_QK)] if n.endswith(_QK) else n[: -len(_AV)] for n in lay.names if n.endswith((_QK, _AV))
+            n[: -len(_QK)] if n.endswith(_QK) else n[: -len(_AV)]
+            for n in lay.names
+            if n.endswith((_QK, _AV))
         )
     )
     changed = 0
     missing: list[str] = []
     reshaped: dict[int, tuple[int, np.ndarray]] = {}  # node -> (position of input 1, new values)
     for block in blocks:
-        for matmul, cache in ((block + _QK, f"{block}.{k_cache}"), (block + _AV, f"{block}.{v_cache}")):
+        for matmul, cache in (
+            (block + _QK, f"{block}.{k_cache}"),
+            (block + _AV, f"{block}.{v_cache}"),
+        ):
             i = index.get(matmul)
             if i is None:
                 continue
@@ -114,7 +121,7 @@ def fix_cache_inputs(f: MeasurementFile, deepseek: bool) -> tuple[Layout, np.nda
 def postprocess(
     src_dir: Path | str, out_dir: Path | str, deepseek: bool = False, *, prefix: str | None = None
 ) -> Outcome:
-    """Fix the KV-cache inputs of every file in ``src_dir``, writing the set atomically to ``out_dir``."""
+    """Fix the KV-cache inputs of every file in ``src_dir``; write the set to ``out_dir``."""
     src = Path(src_dir)
     timings = Timings()
     outcome = Outcome("postprocess", src, Path(out_dir), timings=timings)
@@ -155,7 +162,11 @@ def postprocess(
         hint = "" if deepseek else "; DeepSeek MLA sets keep one latent cache: use -d"
         if deepseek:
             hint = "; -d expects DeepSeek MLA attention (latent_cache_k)"
-        outcome.notes.append(f"{len(missing)} caches not found beside their matmuls (e.g. {example}){hint}")
+        outcome.notes.append(
+            f"{len(missing)} caches not found beside their matmuls (e.g. {example}){hint}"
+        )
     if not blocks:
-        outcome.notes.append("no attention matmuls (matmul_qk/matmul_av) found: files copied unchanged")
+        outcome.notes.append(
+            "no attention matmuls (matmul_qk/matmul_av) found: files copied unchanged"
+        )
     return outcome

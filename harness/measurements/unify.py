@@ -43,8 +43,8 @@ from harness.measurements.model import Encoders
 from harness.measurements.model import MeasurementFile
 from harness.measurements.model import Selection
 from harness.measurements.model import SetWriter
-from harness.measurements.model import read_ranks
 from harness.measurements.model import read_mod_list
+from harness.measurements.model import read_ranks
 from harness.measurements.model import scan
 from harness.measurements.model import select
 from harness.measurements.naming import Kind
@@ -63,7 +63,9 @@ def parse_groups(text: str) -> list[list[int]]:
         try:
             groups.append([int(c) for c in cards])
         except ValueError:
-            raise ValueError(f"card groups must be numbers separated by ',' and '--', got {text!r}") from None
+            raise ValueError(
+                f"card groups must be numbers separated by ',' and '--', got {text!r}"
+            ) from None
     return groups
 
 
@@ -81,7 +83,8 @@ def plan_groups(
             raise MeasurementError(where, f"target ranks must be at least 1, got -r {ranks}")
         if ranks >= world:
             raise MeasurementError(
-                where, f"-r {ranks} is not below the world size {world}: unify reduces the rank count"
+                where,
+                f"-r {ranks} is not below the world size {world}: unify reduces the rank count",
             )
         if world % ranks:
             raise MeasurementError(
@@ -115,7 +118,9 @@ def plan_groups(
             where, f"card groups leave out ranks {', '.join(map(str, missing))} of world {world}"
         )
     if len(planned) >= world:
-        raise MeasurementError(where, f"{len(planned)} card groups for world size {world}: nothing to unify")
+        raise MeasurementError(
+            where, f"{len(planned)} card groups for world size {world}: nothing to unify"
+        )
     return planned
 
 
@@ -144,8 +149,8 @@ def align(f: MeasurementFile, base: MeasurementFile) -> np.ndarray:
         if f.layout.structs[i] != struct:
             raise MeasurementError(
                 f.path,
-                f"node {name!r} differs from rank {base.rank}: {describe_struct(f.layout.structs[i])} "
-                f"vs {describe_struct(struct)}",
+                f"node {name!r} differs from rank {base.rank}: "
+                f"{describe_struct(f.layout.structs[i])} vs {describe_struct(struct)}",
             )
         pieces.append(np.arange(*f.layout.span(i)))
     return f.values[np.concatenate(pieces)] if pieces else f.values[:0]
@@ -164,7 +169,9 @@ def _unified_mod_list(
             for n in names:
                 if n not in experts:
                     experts[n] = moe.expert(n)
-            names = [n if (e := experts[n]) is None else f"{e[0]}.{k * e_local + e[1]}" for n in names]
+            names = [
+                n if (e := experts[n]) is None else f"{e[0]}.{k * e_local + e[1]}" for n in names
+            ]
         seen.update(dict.fromkeys(names))
     return list(seen)
 
@@ -185,9 +192,10 @@ def _check_rank_local(base: MeasurementFile, kind: Kind) -> None:
         if count != len(experts):
             raise MeasurementError(
                 base.path,
-                f"{op} holds {count} per-expert values but {len(experts)} experts: each rank already holds "
-                "all experts (an expanded set?); unify -u needs the rank-local experts of an "
-                "expert-parallel calibration: unify the original calibration output instead",
+                f"{op} holds {count} per-expert values but {len(experts)} experts: each rank "
+                "already holds all experts (an expanded set?); unify -u needs the rank-local "
+                "experts of an expert-parallel calibration: unify the original calibration "
+                "output instead",
             )
 
 
@@ -205,8 +213,7 @@ def unify_group(
     lay = base.layout
     per_key = moe.per_expert_field(kind)
     out = LayoutBuilder()
-    appended: list[tuple[str, int]] = []  # (new name, source node) in the public tool's order
-    taken = set(lay.names)
+    experts: list[tuple[int, str, int]] = []  # (node, prefix, index) of rank 0's experts, in order
     run_start = 0  # nodes [run_start, i) are copied from the maxed values in one piece
 
     for i, name in enumerate(lay.names):
@@ -218,16 +225,8 @@ def unify_group(
         s, e = lay.span(i)
         struct = lay.structs[i]
         if ex is not None:
-            out.add(name, struct, aligned[0][s:e])
-            prefix, idx = ex
-            for k in range(1, len(members)):
-                new = f"{prefix}.{k * e_local + idx}"
-                if new in taken:
-                    raise MeasurementError(
-                        base.path, f"expert {name} of rank {members[k].rank} would become {new}, which exists"
-                    )
-                taken.add(new)
-                appended.append((new, i))
+            out.add(name, struct, aligned[0][s:e])  # rank 0 keeps its experts
+            experts.append((i, *ex))
             continue
         f = field(struct, per_key)
         if f is None or f[1] != LIST or len(f[2]) < 2:
@@ -238,18 +237,28 @@ def unify_group(
         hi = s + items[-1][2] + items[-1][3]
         values = np.concatenate([maxed[s:lo], *[a[lo:hi] for a in aligned], maxed[hi:e]])
         shapes = f[2]
-        new_struct = replace_field(struct, (per_key, LIST, (shapes[0],) + shapes[1:] * len(members)))
+        new_struct = replace_field(
+            struct, (per_key, LIST, (shapes[0],) + shapes[1:] * len(members))
+        )
         out.add(name, new_struct, values)
     out.extend(lay, maxed, run_start, len(lay))
 
-    if appended:
-        stacked = np.stack(aligned)
-        for new, i in appended:
-            out.names.append(new)
-            out.structs.append(lay.structs[i])
-        # values of the appended experts, vectorised: node order, then member order
-        src_nodes = [i for _new, i in appended[:: len(members) - 1]]
-        out.pieces.append(_gather_experts(lay, stacked, src_nodes, len(members)))
+    if experts:
+        # the other members' experts follow, in the public tool's order: node, then member
+        ks = range(1, len(members))
+        new_names = [f"{prefix}.{k * e_local + idx}" for _i, prefix, idx in experts for k in ks]
+        clash = set(new_names) & set(lay.names)
+        if clash or len(set(new_names)) != len(new_names):
+            raise MeasurementError(
+                base.path,
+                f"renumbered experts collide with existing nodes (e.g. {sorted(clash)[:1]}): "
+                "the ranks do not hold rank-local experts 0..E_local-1",
+            )
+        out.names.extend(new_names)
+        out.structs.extend([lay.structs[i] for i, _p, _x in experts for _k in ks])
+        out.pieces.append(
+            _gather_experts(lay, np.stack(aligned), [i for i, _p, _x in experts], len(members))
+        )
     layout, values = out.build()
     return layout, values, e_local
 
@@ -301,7 +310,9 @@ def unify(
     base, _method, w, range_entries = select(found, Selection(Kind.RANGES, world, prefix))
     plan = plan_groups(w, ranks, groups, src)
     r_out = len(plan)
-    jobs: list[tuple[Kind, str | None, dict[int, dict[str, Any]]]] = [(Kind.RANGES, None, range_entries)]
+    jobs: list[tuple[Kind, str | None, dict[int, dict[str, Any]]]] = [
+        (Kind.RANGES, None, range_entries)
+    ]
     methods = sorted(
         {
             e.name.method
@@ -324,7 +335,7 @@ def unify(
 
     with staged_directory(out_dir) as stage:
         writer = SetWriter(stage, timings)
-        for kind, method, entries in jobs:
+        for kind, _method, entries in jobs:
             files = read_ranks(entries, w, timings)
             encoders: Encoders | None = None
             for g, members_ranks in enumerate(plan):

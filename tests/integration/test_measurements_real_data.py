@@ -27,7 +27,10 @@ from harness.measurements import postprocess
 from harness.measurements import unify
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("HARNESS_SHARED_DATA", REPO.parent / "shared" / "data")) / "inc-measurements"
+DATA = (
+    Path(os.environ.get("HARNESS_SHARED_DATA", REPO.parent / "shared" / "data"))
+    / "inc-measurements"
+)
 DS = DATA / "deepseek-r1-0528-g2-ep16"
 GPT = DATA / "gpt-oss-20b-tp1"
 DS_PREFIX = "inc_measure_output_hooks_maxabs"
@@ -36,7 +39,8 @@ EXPERTS = 256
 LOCAL = 16
 
 pytestmark = pytest.mark.skipif(
-    not (DS.is_dir() and GPT.is_dir()), reason=f"real measurement sets not found under {DATA} (set HARNESS_SHARED_DATA)"
+    not (DS.is_dir() and GPT.is_dir()),
+    reason=f"real measurement sets not found under {DATA} (set HARNESS_SHARED_DATA)",
 )
 _EXPERT = re.compile(r"^(.*\.(?:w13_list|w2_list))\.(\d+)$")
 
@@ -80,7 +84,9 @@ def expanded16(work: Path, unified: Path) -> Path:
     return out
 
 
-def test_ep16_to_one_rank_gathers_every_expert(unified: Path, originals: list[dict[str, Any]]) -> None:
+def test_ep16_to_one_rank_gathers_every_expert(
+    unified: Path, originals: list[dict[str, Any]]
+) -> None:
     doc = _load(unified / f"{DS_PREFIX}_0_1.json")
     assert (doc["LocalRank"], doc["GlobalRank"], doc["Mode"]) == (-1, None, "DynamicRange")
     nodes = doc["Nodes"]
@@ -99,8 +105,14 @@ def test_ep16_to_one_rank_gathers_every_expert(unified: Path, originals: list[di
         else:
             want = node
             for o in originals[1:]:
-                want = {k: (_emax(v, o[name][k]) if k != "params" else {p: _emax(w, o[name][k][p]) for p, w in v.items()})
-                        for k, v in want.items()}
+                want = {
+                    k: (
+                        _emax(v, o[name][k])
+                        if k != "params"
+                        else {p: _emax(w, o[name][k][p]) for p, w in v.items()}
+                    )
+                    for k, v in want.items()
+                }
             assert nodes[name] == want, name
     npz = np.load(unified / f"{DS_PREFIX}_0_1.npz", allow_pickle=True)["arr_0"].item()
     assert npz["LocalRank"] == -1 and len(npz["Nodes"]) == 30547
@@ -109,8 +121,9 @@ def test_ep16_to_one_rank_gathers_every_expert(unified: Path, originals: list[di
     assert float(arr[0, 0]) == nodes["model.layers.3.mlp.experts.moe_op"]["outputs"][200][0][0]
 
 
-def test_expand_back_to_16_gives_each_rank_its_own_amax(expanded16: Path, unified: Path,
-                                                        originals: list[dict[str, Any]]) -> None:
+def test_expand_back_to_16_gives_each_rank_its_own_amax(
+    expanded16: Path, unified: Path, originals: list[dict[str, Any]]
+) -> None:
     base = _load(unified / f"{DS_PREFIX}_0_1.json")["Nodes"]
     assert len(list(expanded16.glob("*.json"))) == 32  # 16 ranks + 16 module lists
     for r in (0, 5, 15):
@@ -133,11 +146,15 @@ def test_expand_to_32_slices_eight_experts_per_rank(work: Path, unified: Path) -
         assert npz["LocalRank"] == r
         outs = npz["Nodes"]["model.layers.10.mlp.experts.moe_op"]["outputs"]
         want = base["model.layers.10.mlp.experts.moe_op"]["outputs"]
-        assert [float(a[0, 0]) for a in outs] == [want[0][0][0]] + [e[0][0] for e in want[1 + 8 * r : 9 + 8 * r]]
+        assert [float(a[0, 0]) for a in outs] == [want[0][0][0]] + [
+            e[0][0] for e in want[1 + 8 * r : 9 + 8 * r]
+        ]
 
 
 @pytest.mark.parametrize("ranks", [4, 8])
-def test_ep16_to_fewer_ranks_with_expert_parallel_rules(work: Path, originals: list[dict[str, Any]], ranks: int) -> None:
+def test_ep16_to_fewer_ranks_with_expert_parallel_rules(
+    work: Path, originals: list[dict[str, Any]], ranks: int
+) -> None:
     out = work / f"ep{ranks}"
     unify(DS, out, ranks=ranks, expert_parallel=True, skip_scales=True)
     size = 16 // ranks
@@ -147,11 +164,18 @@ def test_ep16_to_fewer_ranks_with_expert_parallel_rules(work: Path, originals: l
         nodes = doc["Nodes"]
         name = "model.layers.7.mlp.experts.moe_op.w2_list.3"
         for k in range(size):
-            assert nodes[f"model.layers.7.mlp.experts.moe_op.w2_list.{k * LOCAL + 3}"] == originals[g * size + k][name]
+            assert (
+                nodes[f"model.layers.7.mlp.experts.moe_op.w2_list.{k * LOCAL + 3}"]
+                == originals[g * size + k][name]
+            )
         op = "model.layers.7.mlp.experts.moe_op"
-        assert nodes[op]["outputs"][1:] == [e for k in range(size) for e in originals[g * size + k][op]["outputs"][1:]]
+        assert nodes[op]["outputs"][1:] == [
+            e for k in range(size) for e in originals[g * size + k][op]["outputs"][1:]
+        ]
     report = check(out, world=ranks)
-    assert report.ok and "expert-parallel" in report.codes()  # rank-local experts again, for EP{ranks}
+    assert (
+        report.ok and "expert-parallel" in report.codes()
+    )  # rank-local experts again, for EP{ranks}
 
 
 def _member(path: Path) -> bytes:
@@ -167,7 +191,9 @@ def test_card_groups_equal_to_rank_groups(work: Path) -> None:
     assert names == sorted(p.name for p in (work / "g4").iterdir())
     for n in names:
         a, b = work / "r4" / n, work / "g4" / n
-        assert (_member(a) == _member(b)) if n.endswith(".npz") else (a.read_bytes() == b.read_bytes()), n
+        assert (
+            (_member(a) == _member(b)) if n.endswith(".npz") else (a.read_bytes() == b.read_bytes())
+        ), n
 
 
 def _derive_tp4(directory: Path) -> list[dict[str, Any]]:
@@ -185,14 +211,24 @@ def _derive_tp4(directory: Path) -> list[dict[str, Any]]:
         nodes = {}
         for i, (name, node) in enumerate(src["Nodes"].items()):
             f = factors[(i * 7 + r * 3) % len(factors)]
-            nodes[name] = {k: ({p: scaled(w, f) for p, w in v.items()} if k == "params" else scaled(v, f))
-                           for k, v in node.items()}
+            nodes[name] = {
+                k: ({p: scaled(w, f) for p, w in v.items()} if k == "params" else scaled(v, f))
+                for k, v in node.items()
+            }
         doc = {"GlobalRank": None, "LocalRank": r, "Mode": "DynamicRange", "Nodes": nodes}
         with open(directory / f"{GPT_PREFIX}_{r}_4.json", "w") as fh:
             json.dump(doc, fh, indent=4)
-        arrays = {n: {k: ({p: np.array(w, np.float32) for p, w in v.items()} if k == "params"
-                          else [np.array(e, np.float32) for e in v]) for k, v in node.items()}
-                  for n, node in nodes.items()}
+        arrays = {
+            n: {
+                k: (
+                    {p: np.array(w, np.float32) for p, w in v.items()}
+                    if k == "params"
+                    else [np.array(e, np.float32) for e in v]
+                )
+                for k, v in node.items()
+            }
+            for n, node in nodes.items()
+        }
         np.savez(directory / f"{GPT_PREFIX}_{r}_4.npz", {**doc, "Nodes": arrays})
         with open(directory / f"{GPT_PREFIX}_{r}_4_mod_list.json", "w") as fh:
             json.dump(mod_list, fh)
@@ -209,8 +245,14 @@ def test_plain_tp_unify_without_expert_rules(work: Path) -> None:
         nodes = _load(work / "gpt-tp2" / f"{GPT_PREFIX}_{g}_2.json")["Nodes"]
         for name in docs[0]:
             a, b = docs[2 * g][name], docs[2 * g + 1][name]
-            want = {k: ({p: _emax(w, b[k][p]) for p, w in v.items()} if k == "params" else _emax(v, b[k]))
-                    for k, v in a.items()}
+            want = {
+                k: (
+                    {p: _emax(w, b[k][p]) for p, w in v.items()}
+                    if k == "params"
+                    else _emax(v, b[k])
+                )
+                for k, v in a.items()
+            }
             assert nodes[name] == want, name
     # a second step down gives the max over all four
     unify(work / "gpt-tp2", work / "gpt-tp1", ranks=1)
@@ -234,8 +276,14 @@ def test_postprocess_deepseek_on_the_real_set(work: Path, originals: list[dict[s
         for layer in range(61):
             p = f"model.layers.{layer}.self_attn.mla_attn.impl"
             latent = originals[r][f"{p}.latent_cache_k"]["inputs"][0]
-            assert nodes[f"{p}.matmul_qk"]["inputs"] == [originals[r][f"{p}.matmul_qk"]["inputs"][0], latent]
-            assert nodes[f"{p}.matmul_av"]["inputs"] == [originals[r][f"{p}.matmul_av"]["inputs"][0], latent]
+            assert nodes[f"{p}.matmul_qk"]["inputs"] == [
+                originals[r][f"{p}.matmul_qk"]["inputs"][0],
+                latent,
+            ]
+            assert nodes[f"{p}.matmul_av"]["inputs"] == [
+                originals[r][f"{p}.matmul_av"]["inputs"][0],
+                latent,
+            ]
             changed |= {f"{p}.matmul_qk", f"{p}.matmul_av"}
         assert {n: v for n, v in nodes.items() if n not in changed} == {
             n: v for n, v in originals[r].items() if n not in changed
@@ -306,7 +354,7 @@ def _ds_node_missing(d: Path) -> None:
     _replace(d / f"{DS_PREFIX}_9_16.json", json.dumps(doc))
 
 
-def _gpt_edit(fn, npz: bool = True):  # noqa: ANN001, ANN202
+def _gpt_edit(fn, npz: bool = True):
     """Edit the gpt-oss rank; rewrite its NPZ to match (as INC would) unless ``npz`` is False."""
 
     def corrupt(d: Path) -> None:
@@ -314,16 +362,24 @@ def _gpt_edit(fn, npz: bool = True):  # noqa: ANN001, ANN202
         fn(doc["Nodes"])
         _replace(d / f"{GPT_PREFIX}_0_1.json", json.dumps(doc, allow_nan=True))
         if npz:
-            arrays = {n: {k: ({p: np.array(w, np.float32) for p, w in v.items()} if k == "params"
-                              else [np.array(e, np.float32) for e in v]) for k, v in node.items()}
-                      for n, node in doc["Nodes"].items()}
+            arrays = {
+                n: {
+                    k: (
+                        {p: np.array(w, np.float32) for p, w in v.items()}
+                        if k == "params"
+                        else [np.array(e, np.float32) for e in v]
+                    )
+                    for k, v in node.items()
+                }
+                for n, node in doc["Nodes"].items()
+            }
             (d / f"{GPT_PREFIX}_0_1.npz").unlink()
             np.savez(d / f"{GPT_PREFIX}_0_1.npz", {**doc, "Nodes": arrays})
 
     return corrupt
 
 
-def _set(node: str, key: str, value: float):  # noqa: ANN202
+def _set(node: str, key: str, value: float):
     def edit(nodes: dict[str, Any]) -> None:
         nodes[node][key][0] = [[value]]
 
@@ -349,7 +405,10 @@ def _gpt_second_prefix(d: Path) -> None:
 
 def _gpt_gaudi3_scales(d: Path) -> None:
     nodes = _load(GPT / f"{GPT_PREFIX}_0_1.json")["Nodes"]
-    scales = {n: {"inputs": [0.125 for _ in node["inputs"]], "outputs": [0.125], "params": {}} for n, node in nodes.items()}
+    scales = {
+        n: {"inputs": [0.125 for _ in node["inputs"]], "outputs": [0.125], "params": {}}
+        for n, node in nodes.items()
+    }
     doc = {"GlobalRank": None, "LocalRank": 0, "Mode": "Scale", "Nodes": scales}
     (d / f"{GPT_PREFIX}_MAXABS_HW_0_1.json").write_text(json.dumps(doc))
 
@@ -360,22 +419,48 @@ CORRUPTIONS = [
     ("ds-duplicate-rank", DS, _ds_duplicate_rank, "duplicate-rank", Severity.ERROR),
     ("ds-stray-world", DS, _ds_stray_world, "world-mismatch", Severity.ERROR),
     ("ds-node-missing", DS, _ds_node_missing, "node-set-differs", Severity.ERROR),
-    ("gpt-nan", GPT, _gpt_edit(_set("model.layers.3.attn.qkv", "inputs", float("nan"))), "non-finite", Severity.ERROR),
-    ("gpt-negative", GPT, _gpt_edit(_set("model.layers.3.attn.qkv", "inputs", -2.0)), "negative", Severity.ERROR),
-    ("gpt-json-npz", GPT, _gpt_edit(_set("model.layers.3.attn.qkv", "inputs", 99.0), npz=False), "npz-json-mismatch",
-     Severity.ERROR),
+    (
+        "gpt-nan",
+        GPT,
+        _gpt_edit(_set("model.layers.3.attn.qkv", "inputs", float("nan"))),
+        "non-finite",
+        Severity.ERROR,
+    ),
+    (
+        "gpt-negative",
+        GPT,
+        _gpt_edit(_set("model.layers.3.attn.qkv", "inputs", -2.0)),
+        "negative",
+        Severity.ERROR,
+    ),
+    (
+        "gpt-json-npz",
+        GPT,
+        _gpt_edit(_set("model.layers.3.attn.qkv", "inputs", 99.0), npz=False),
+        "npz-json-mismatch",
+        Severity.ERROR,
+    ),
     ("gpt-truncated", GPT, _gpt_truncated, "unreadable", Severity.ERROR),
     ("gpt-foreign-npz", GPT, _gpt_foreign_npz, "npz-json-mismatch", Severity.ERROR),
     ("gpt-no-suffix", GPT, _gpt_no_suffix, "bad-name", Severity.ERROR),
     ("gpt-second-prefix", GPT, _gpt_second_prefix, "mixed-prefix", Severity.ERROR),
-    ("gpt-unrouted", GPT, _gpt_edit(lambda n: n[_MOE]["outputs"].__setitem__(7, [[0.0]])), "unrouted-expert",
-     Severity.WARNING),
+    (
+        "gpt-unrouted",
+        GPT,
+        _gpt_edit(lambda n: n[_MOE]["outputs"].__setitem__(7, [[0.0]])),
+        "unrouted-expert",
+        Severity.WARNING,
+    ),
     ("gpt-gaudi3-scales", GPT, _gpt_gaudi3_scales, "device-mismatch", Severity.ERROR),
 ]
 
 
-@pytest.mark.parametrize(("name", "source", "corrupt", "code", "severity"), CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
-def test_check_detects_each_corruption(work: Path, name: str, source: Path, corrupt, code: str, severity: Severity) -> None:
+@pytest.mark.parametrize(
+    ("name", "source", "corrupt", "code", "severity"), CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS]
+)
+def test_check_detects_each_corruption(
+    work: Path, name: str, source: Path, corrupt, code: str, severity: Severity
+) -> None:
     d = _linked_copy(source, work / f"corrupt-{name}")
     corrupt(d)
     report = check(d, device="g2")

@@ -39,5 +39,3 @@ def make_set(tmp_path: Path) -> SetFactory:
         return d
 
     return factory
-
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +70,16 @@ def dense_nodes(rank: int, layers: int = 2, channels: int = 3) -> dict[str, Any]
     i = 0
     for layer in range(layers):
         p = f"model.layers.{layer}"
-        nodes[f"{p}.self_attn.qkv_proj"] = {"inputs": [[[v(rank, i)]]], "params": {"weight": [[v(rank, i + 1)]]}}
-        nodes[f"{p}.self_attn.attn.impl.matmul_qk"] = {"inputs": [[[v(rank, i + 2)]], [[v(rank, i + 3)]]]}
-        nodes[f"{p}.self_attn.attn.impl.matmul_av"] = {"inputs": [[[v(rank, i + 4)]], [[v(rank, i + 5)]]]}
+        nodes[f"{p}.self_attn.qkv_proj"] = {
+            "inputs": [[[v(rank, i)]]],
+            "params": {"weight": [[v(rank, i + 1)]]},
+        }
+        nodes[f"{p}.self_attn.attn.impl.matmul_qk"] = {
+            "inputs": [[[v(rank, i + 2)]], [[v(rank, i + 3)]]]
+        }
+        nodes[f"{p}.self_attn.attn.impl.matmul_av"] = {
+            "inputs": [[[v(rank, i + 4)]], [[v(rank, i + 5)]]]
+        }
         nodes[f"{p}.self_attn.attn.impl.k_cache"] = {"inputs": [[[v(rank, i + 6)]]]}
         nodes[f"{p}.self_attn.attn.impl.v_cache"] = {"inputs": [[[v(rank, i + 7)]]]}
         nodes[f"{p}.mlp.down_proj"] = {
@@ -85,7 +91,9 @@ def dense_nodes(rank: int, layers: int = 2, channels: int = 3) -> dict[str, Any]
     return nodes
 
 
-def ep_nodes(rank: int, layers: tuple[int, ...] = (1, 2), experts: int = 2, offset: int = 0) -> dict[str, Any]:
+def ep_nodes(
+    rank: int, layers: tuple[int, ...] = (1, 2), experts: int = 2, offset: int = 0
+) -> dict[str, Any]:
     """A MoE model on one expert-parallel rank: attention, a MoE op and its rank-local experts.
 
     ``offset`` shifts the values of the rank-specific parts (experts, per-expert amax).
@@ -94,16 +102,22 @@ def ep_nodes(rank: int, layers: tuple[int, ...] = (1, 2), experts: int = 2, offs
     i = 0
     for layer in layers:
         p = f"model.layers.{layer}"
-        nodes[f"{p}.self_attn.qkv_proj"] = {"inputs": [[[v(rank, i)]]], "params": {"weight": [[v(rank, i + 1)]]}}
+        nodes[f"{p}.self_attn.qkv_proj"] = {
+            "inputs": [[[v(rank, i)]]],
+            "params": {"weight": [[v(rank, i + 1)]]},
+        }
         nodes[f"{p}.mlp.experts.moe_op"] = {
             "inputs": [[[v(rank, i + 2)]]],
-            "outputs": [[[v(rank, i + 3)]]] + [[[v(rank + offset, i + 4 + e)]] for e in range(experts)],
+            "outputs": [[[v(rank, i + 3)]]]
+            + [[[v(rank + offset, i + 4 + e)]] for e in range(experts)],
         }
         for e in range(experts):
             for lst in ("w13_list", "w2_list"):
                 nodes[f"{p}.mlp.experts.moe_op.{lst}.{e}"] = {
                     "inputs": [[[0.0]]],
-                    "params": {"weight": [[v(rank + offset, i + 40 + e + (7 if lst == 'w2_list' else 0))]]},
+                    "params": {
+                        "weight": [[v(rank + offset, i + 40 + e + (7 if lst == "w2_list" else 0))]]
+                    },
                 }
         i += 4 + experts
     return nodes

@@ -38,7 +38,9 @@ def test_a_clean_set_has_no_findings_but_the_unmeasured_module(make_set) -> None
     assert set(_codes(report)) == {"unmeasured-module"}
     assert report.sets[0]["world"] == 2 and report.sets[0]["nodes"] == 12
     assert report.sets[1]["device"] == "g2"
-    assert _codes(check(make_set("unknown", world=1, scales=True, method="MAXABS_POW2"), device="g2")) == {
+    assert _codes(
+        check(make_set("unknown", world=1, scales=True, method="MAXABS_POW2"), device="g2")
+    ) == {
         "unmeasured-module": Severity.WARNING,
         "device-unknown": Severity.INFO,
     }
@@ -97,7 +99,10 @@ def test_shapes_that_differ(tmp_path: Path) -> None:
     assert _codes(check(tmp_path))["shape-differs"] is Severity.ERROR
 
 
-@pytest.mark.parametrize(("value", "code"), [(float("nan"), "non-finite"), (float("inf"), "non-finite"), (-1.5, "negative")])
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [(float("nan"), "non-finite"), (float("inf"), "non-finite"), (-1.5, "negative")],
+)
 def test_bad_values(make_set, value: float, code: str) -> None:
     d = make_set(world=2)
 
@@ -152,7 +157,9 @@ def test_unrouted_experts_are_named_by_layer(tmp_path: Path) -> None:
     report = check(tmp_path / "s")
     finding = next(f for f in report.findings if f.code == "unrouted-expert")
     assert finding.severity is Severity.WARNING
-    assert finding.message.startswith("model.layers.2.mlp.experts.moe_op: 1 experts have intermediate amax 0")
+    assert finding.message.startswith(
+        "model.layers.2.mlp.experts.moe_op: 1 experts have intermediate amax 0"
+    )
     assert "rank 1: 1" in finding.message and "too small or too narrow" in finding.message
     # after unify -u the expert has its global number
     unify(tmp_path / "s", tmp_path / "u", ranks=1, expert_parallel=True)
@@ -188,7 +195,10 @@ def _hw_scales(tmp_path: Path, exponents: list[int], dirname: str = "s") -> Path
     d = tmp_path / dirname
     nodes = {f"n{i}": {"inputs": [[[1.0]]]} for i in range(len(exponents))}
     write_rank(d, 0, 1, nodes)
-    scales = {f"n{i}": {"inputs": [2.0**e], "outputs": [2.0**e], "params": {}} for i, e in enumerate(exponents)}
+    scales = {
+        f"n{i}": {"inputs": [2.0**e], "outputs": [2.0**e], "params": {}}
+        for i, e in enumerate(exponents)
+    }
     write_rank(d, 0, 1, scales, method="MAXABS_HW")
     return d
 

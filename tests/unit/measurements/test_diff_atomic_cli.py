@@ -63,7 +63,10 @@ def test_diff_of_shapes_and_ranks(make_set, tmp_path: Path) -> None:
     write_rank(b, 0, 2, dense_nodes(0, channels=4))
     write_rank(b, 1, 2, dense_nodes(1))
     report = diff(a, b)
-    assert report.shape_differs[0] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert report.shape_differs[0] == [
+        "model.layers.0.mlp.down_proj",
+        "model.layers.1.mlp.down_proj",
+    ]
     report = diff(a / f"{PREFIX}_0_2.json", a / f"{PREFIX}_1_2.json")
     assert report.ranks == [0] and report.values_differing > 0
 
@@ -72,7 +75,9 @@ def test_diff_of_shapes_and_ranks(make_set, tmp_path: Path) -> None:
 # atomic output
 
 
-def test_a_failure_midway_leaves_no_output(make_set, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_midway_leaves_no_output(
+    make_set, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = make_set(world=4)
     calls = []
     real = model.SetWriter.write_encoded
@@ -116,14 +121,18 @@ def test_a_kill_midway_leaves_the_old_directory(tmp_path: Path) -> None:
         "    (stage / 'half.npz').write_text('x')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3], check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3], check=False
+    )
     assert proc.returncode == -signal.SIGKILL
     assert [p.name for p in target.iterdir()] == ["old.json"]
     assert (target / "old.json").read_text() == "old"
 
 
 @pytest.mark.parametrize("swap", [True, False], ids=["renameat2", "two-renames"])
-def test_commit_into_an_existing_directory_keeps_other_entries(tmp_path: Path, monkeypatch, swap: bool) -> None:
+def test_commit_into_an_existing_directory_keeps_other_entries(
+    tmp_path: Path, monkeypatch, swap: bool
+) -> None:
     if not swap:
         monkeypatch.setattr(atomic, "exchange", lambda a, b: False)
     target = tmp_path / "out"
@@ -143,7 +152,10 @@ def test_commit_into_an_existing_directory_keeps_other_entries(tmp_path: Path, m
 
 def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
-    with pytest.raises(MeasurementError, match="exists and is not a directory"), atomic.staged_directory(tmp_path / "f"):
+    with (
+        pytest.raises(MeasurementError, match="exists and is not a directory"),
+        atomic.staged_directory(tmp_path / "f"),
+    ):
         pass
 
 
@@ -151,14 +163,24 @@ def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
 # command line
 
 
-def test_cli_unify_expand_check_diff(make_set, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_unify_expand_check_diff(
+    make_set, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = make_set(world=4, nodes_fn=ep_nodes, scales=True)
-    assert main(["unify", "-m", str(src), "-o", str(tmp_path / "u"), "-r", "1", "-u", "-s", "-v"]) == 0
+    assert (
+        main(["unify", "-m", str(src), "-o", str(tmp_path / "u"), "-r", "1", "-u", "-s", "-v"]) == 0
+    )
     out = capsys.readouterr().out
-    assert "unify: wrote 3 files" in out and "expert-parallel rules: 2 local experts per rank -> 8" in out
+    assert (
+        "unify: wrote 3 files" in out
+        and "expert-parallel rules: 2 local experts per rank -> 8" in out
+    )
     assert "time: parse" in out
     assert main(["expand", "-m", str(tmp_path / "u"), "-o", str(tmp_path / "e"), "-w", "4"]) == 0
-    assert main(["postprocess", "-m", str(tmp_path / "e"), "-o", str(tmp_path / "p"), "--deepseek"]) == 0
+    assert (
+        main(["postprocess", "-m", str(tmp_path / "e"), "-o", str(tmp_path / "p"), "--deepseek"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["check", str(tmp_path / "e"), "--json", "--world", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
@@ -169,16 +191,39 @@ def test_cli_unify_expand_check_diff(make_set, tmp_path: Path, capsys: pytest.Ca
 
 def test_cli_long_flags_of_the_public_scripts(make_set, tmp_path: Path) -> None:
     src = make_set(world=2)
-    argv = ["unify", "--measurements", str(src), "--out", str(tmp_path / "u"), "--rank", "1",
-            "--use_expert_paral", "--skip_unify_scales"]
+    argv = [
+        "unify",
+        "--measurements",
+        str(src),
+        "--out",
+        str(tmp_path / "u"),
+        "--rank",
+        "1",
+        "--use_expert_paral",
+        "--skip_unify_scales",
+    ]
     assert main(argv) == 0
     assert main(["unify", "-m", str(src), "-o", str(tmp_path / "g"), "--groups", "0,1"]) == 0
-    assert main(["expand", "--measurements", str(tmp_path / "u"), "--out", str(tmp_path / "e"),
-                 "--target_world_size", "2"]) == 0
+    assert (
+        main(
+            [
+                "expand",
+                "--measurements",
+                str(tmp_path / "u"),
+                "--out",
+                str(tmp_path / "e"),
+                "--target_world_size",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert load_doc(tmp_path / "e" / f"{PREFIX}_1_2.json")["LocalRank"] == 1
 
 
-def test_cli_errors_are_one_line(make_set, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors_are_one_line(
+    make_set, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = make_set(world=4)
     assert main(["unify", "-m", str(src), "-o", str(tmp_path / "u"), "-r", "3"]) == 1
     err = capsys.readouterr().err
@@ -196,7 +241,9 @@ def test_add_subparser_wires_the_measurements_command(make_set, tmp_path: Path) 
     sub = parser.add_subparsers(dest="command")
     add_subparser(sub)
     src = make_set(world=2)
-    args = parser.parse_args(["measurements", "unify", "-m", str(src), "-o", str(tmp_path / "u"), "-r", "1"])
+    args = parser.parse_args(
+        ["measurements", "unify", "-m", str(src), "-o", str(tmp_path / "u"), "-r", "1"]
+    )
     assert args.func(args) == 0
     args = parser.parse_args(["measurements"])
     assert args.func(args) == 2
@@ -206,7 +253,10 @@ def test_python_dash_m_runs_the_tools(make_set, tmp_path: Path) -> None:
     src = make_set(world=2)
     proc = subprocess.run(
         [sys.executable, "-m", "harness.measurements", "check", str(src)],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[3], check=False,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"check {src}: 0 errors")

@@ -57,7 +57,9 @@ def test_expand_slices_the_per_expert_amax(unified: Path, tmp_path: Path, world:
     assert any("scale files not expanded" in n for n in result.notes)
 
 
-def test_unify_then_expand_to_the_calibration_size_gives_back_each_ranks_amax(make_set, tmp_path: Path) -> None:
+def test_unify_then_expand_to_the_calibration_size_gives_back_each_ranks_amax(
+    make_set, tmp_path: Path
+) -> None:
     src = make_set("ep4", world=4, nodes_fn=ep_nodes)
     unify(src, tmp_path / "u", ranks=1, expert_parallel=True)
     expand(tmp_path / "u", tmp_path / "e", 4)
@@ -65,24 +67,38 @@ def test_unify_then_expand_to_the_calibration_size_gives_back_each_ranks_amax(ma
         original = load_doc(src / f"{PREFIX}_{r}_4.json")["Nodes"][OP]["outputs"]
         back = load_doc(tmp_path / "e" / f"{PREFIX}_{r}_4.json")["Nodes"][OP]["outputs"]
         assert back[1:] == original[1:]
-        assert back[0] == [[max(load_doc(src / f"{PREFIX}_{k}_4.json")["Nodes"][OP]["outputs"][0][0][0] for k in range(4))]]
+        assert back[0] == [
+            [
+                max(
+                    load_doc(src / f"{PREFIX}_{k}_4.json")["Nodes"][OP]["outputs"][0][0][0]
+                    for k in range(4)
+                )
+            ]
+        ]
 
 
 def test_expand_refuses_experts_not_divisible_by_the_world(unified: Path, tmp_path: Path) -> None:
-    with pytest.raises(MeasurementError, match=r"8 experts are not divisible by -w 3; use one of 1, 2, 4, 8"):
+    with pytest.raises(
+        MeasurementError, match=r"8 experts are not divisible by -w 3; use one of 1, 2, 4, 8"
+    ):
         expand(unified, tmp_path / "e", 3)
     assert not (tmp_path / "e").exists()
 
 
 def test_expand_refuses_an_expanded_set(unified: Path, tmp_path: Path) -> None:
     expand(unified, tmp_path / "e", 4)
-    with pytest.raises(MeasurementError, match="this is an expanded set .* cannot be expanded again"):
+    with pytest.raises(
+        MeasurementError, match="this is an expanded set .* cannot be expanded again"
+    ):
         expand(tmp_path / "e", tmp_path / "e2", 2)
 
 
 def test_expand_refuses_a_multi_rank_calibration(make_set, tmp_path: Path) -> None:
     src = make_set("ep4", world=4, nodes_fn=ep_nodes)
-    with pytest.raises(MeasurementError, match=r"needs a unified single-rank set .* world 4: unify them with -r 1 -u"):
+    with pytest.raises(
+        MeasurementError,
+        match=r"needs a unified single-rank set .* world 4: unify them with -r 1 -u",
+    ):
         expand(src, tmp_path / "e", 2)
 
 
@@ -90,7 +106,10 @@ def test_expand_refuses_a_single_rank_set_with_sliced_amax(tmp_path: Path) -> No
     nodes = ep_nodes(0, experts=4)
     nodes[OP]["outputs"] = nodes[OP]["outputs"][:3]  # 2 amax for 4 experts
     write_rank(tmp_path / "s", 0, 1, nodes)
-    with pytest.raises(MeasurementError, match=r"holds 2 per-expert amax values but 4 experts: this is not a unified set"):
+    with pytest.raises(
+        MeasurementError,
+        match=r"holds 2 per-expert amax values but 4 experts: this is not a unified set",
+    ):
         expand(tmp_path / "s", tmp_path / "e", 2)
 
 
@@ -127,14 +146,22 @@ def test_postprocess_feeds_cache_ranges_to_the_matmuls(make_set, tmp_path: Path)
             assert _attn(after, layer, "matmul_av")[1] == _attn(before, layer, "v_cache")[0]
             assert _attn(after, layer, "matmul_qk")[0] == _attn(before, layer, "matmul_qk")[0]
         changed = {n for n in before["Nodes"] if before["Nodes"][n] != after["Nodes"][n]}
-        assert changed <= {f"model.layers.{i}.self_attn.attn.impl.{m}" for i in (0, 1) for m in ("matmul_qk", "matmul_av")}
+        assert changed <= {
+            f"model.layers.{i}.self_attn.attn.impl.{m}"
+            for i in (0, 1)
+            for m in ("matmul_qk", "matmul_av")
+        }
         scales = load_doc(tmp_path / "p" / f"{PREFIX}_MAXABS_HW_{r}_2.json")
         assert _attn(scales, 0, "matmul_qk")[1] == _attn(scales, 0, "k_cache")[0]
         npz = load_npz(tmp_path / "p" / f"{PREFIX}_{r}_2.npz")
         qk = npz["Nodes"]["model.layers.0.self_attn.attn.impl.matmul_qk"]["inputs"][1]
-        np.testing.assert_array_equal(qk, np.array(_attn(before, 0, "k_cache")[0], dtype=np.float32))
+        np.testing.assert_array_equal(
+            qk, np.array(_attn(before, 0, "k_cache")[0], dtype=np.float32)
+        )
     assert (tmp_path / "p" / f"{PREFIX}_0_2_mod_list.json").exists()
-    assert result.notes[0] == "2 attention blocks per file; 8 matmul inputs changed"  # ranges only: scales agree
+    assert (
+        result.notes[0] == "2 attention blocks per file; 8 matmul inputs changed"
+    )  # ranges only: scales agree
 
 
 def _mla_nodes(rank: int) -> dict:
@@ -157,10 +184,15 @@ def test_postprocess_deepseek_uses_the_latent_cache_for_both(make_set, tmp_path:
         assert doc[f"{p}.matmul_av"]["inputs"] == [[[1.0]], [[28.0 + layer]]]
 
 
-def test_postprocess_without_deepseek_on_mla_changes_nothing_and_says_why(make_set, tmp_path: Path) -> None:
+def test_postprocess_without_deepseek_on_mla_changes_nothing_and_says_why(
+    make_set, tmp_path: Path
+) -> None:
     src = make_set("mla", world=1, nodes_fn=_mla_nodes)
     result = postprocess(src, tmp_path / "p")
-    assert load_doc(tmp_path / "p" / f"{PREFIX}_0_1.json")["Nodes"] == load_doc(src / f"{PREFIX}_0_1.json")["Nodes"]
+    assert (
+        load_doc(tmp_path / "p" / f"{PREFIX}_0_1.json")["Nodes"]
+        == load_doc(src / f"{PREFIX}_0_1.json")["Nodes"]
+    )
     assert any("use -d" in n for n in result.notes)
 
 
@@ -179,7 +211,10 @@ def test_postprocess_copies_a_cache_of_another_shape(tmp_path: Path) -> None:
     }
     write_rank(tmp_path / "s", 0, 1, nodes)
     postprocess(tmp_path / "s", tmp_path / "p")
-    assert load_doc(tmp_path / "p" / f"{PREFIX}_0_1.json")["Nodes"]["b.matmul_qk"]["inputs"] == [[[1.0]], [[3.0], [4.0]]]
+    assert load_doc(tmp_path / "p" / f"{PREFIX}_0_1.json")["Nodes"]["b.matmul_qk"]["inputs"] == [
+        [[1.0]],
+        [[3.0], [4.0]],
+    ]
 
 
 def test_postprocess_of_scale_only_nodes_keeps_structure(tmp_path: Path) -> None:

@@ -33,11 +33,26 @@ from harness.measurements.naming import parse_file_name
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("inc_output_hooks_maxabs_3_8.json", FileName("inc_output_hooks_maxabs", None, 3, 8, False, "json")),
-        ("inc_output_hooks_maxabs_3_8.npz", FileName("inc_output_hooks_maxabs", None, 3, 8, False, "npz")),
-        ("inc_output_hooks_maxabs_3_8_mod_list.json", FileName("inc_output_hooks_maxabs", None, 3, 8, True)),
-        ("inc_output_hooks_maxabs_MAXABS_HW_0_2.json", FileName("inc_output_hooks_maxabs", "MAXABS_HW", 0, 2)),
-        ("x_hooks_maxabs_MAXABS_POW2_1_1.npz", FileName("x_hooks_maxabs", "MAXABS_POW2", 1, 1, False, "npz")),
+        (
+            "inc_output_hooks_maxabs_3_8.json",
+            FileName("inc_output_hooks_maxabs", None, 3, 8, False, "json"),
+        ),
+        (
+            "inc_output_hooks_maxabs_3_8.npz",
+            FileName("inc_output_hooks_maxabs", None, 3, 8, False, "npz"),
+        ),
+        (
+            "inc_output_hooks_maxabs_3_8_mod_list.json",
+            FileName("inc_output_hooks_maxabs", None, 3, 8, True),
+        ),
+        (
+            "inc_output_hooks_maxabs_MAXABS_HW_0_2.json",
+            FileName("inc_output_hooks_maxabs", "MAXABS_HW", 0, 2),
+        ),
+        (
+            "x_hooks_maxabs_MAXABS_POW2_1_1.npz",
+            FileName("x_hooks_maxabs", "MAXABS_POW2", 1, 1, False, "npz"),
+        ),
         ("DeepSeek_hooks_maxabs_0_1.json", FileName("DeepSeek_hooks_maxabs", None, 0, 1)),
         ("inc_output_hooks_maxabs.json", None),
         ("inc_output_hooks_maxabs_0.json", None),
@@ -71,7 +86,10 @@ def _docs() -> list[dict]:
             "GlobalRank": None,
             "LocalRank": 0,
             "Mode": "DynamicRange",
-            "Nodes": {"a": {"inputs": [], "outputs": None, "params": {}}, "b": {"inputs": [[[1.0, 2.0], [3.0, 4.0]]]}},
+            "Nodes": {
+                "a": {"inputs": [], "outputs": None, "params": {}},
+                "b": {"inputs": [[[1.0, 2.0], [3.0, 4.0]]]},
+            },
         },
     ]
 
@@ -88,8 +106,12 @@ def test_json_encoder_writes_the_same_document(doc: dict) -> None:
 
 
 def test_json_keeps_nan_and_infinity_as_inc_writes_them() -> None:
-    doc = {"GlobalRank": None, "LocalRank": 0, "Mode": "DynamicRange",
-           "Nodes": {"a": {"inputs": [[[float("nan")]], [[float("inf")]]]}}}
+    doc = {
+        "GlobalRank": None,
+        "LocalRank": 0,
+        "Mode": "DynamicRange",
+        "Nodes": {"a": {"inputs": [[[float("nan")]], [[float("inf")]]]}},
+    }
     layout, values = from_json_nodes(doc["Nodes"], "x")
     text = jsonio.encode({"Mode": "DynamicRange"}, layout, values)
     assert b"NaN" in text and b"Infinity" in text
@@ -143,7 +165,7 @@ def test_npz_encoder_loads_like_np_savez(tmp_path: Path, doc: dict) -> None:
 
 def test_npz_reader_refuses_foreign_objects(tmp_path: Path) -> None:
     class Evil:
-        def __reduce__(self):  # noqa: ANN204
+        def __reduce__(self):
             return (print, ("boom",))
 
     holder = np.empty((), dtype=object)
@@ -161,14 +183,25 @@ def test_read_file_reads_npz_and_json_alike(tmp_path: Path) -> None:
     assert a.layout == b.layout
     np.testing.assert_array_equal(a.values, b.values)
     assert a.header == b.header
-    assert a.node("model.layers.1.mlp.experts.moe_op")["outputs"][0] == [[a.values[a.layout.span(1)[0] + 1]]]
+    assert a.node("model.layers.1.mlp.experts.moe_op")["outputs"][0] == [
+        [a.values[a.layout.span(1)[0] + 1]]
+    ]
     assert a.to_doc() == json.loads(path.read_text())
 
 
 def test_reference_style_npz_with_float64_arrays_reads(tmp_path: Path) -> None:
     doc = {"GlobalRank": None, "LocalRank": 0, "Mode": "DynamicRange", "Nodes": dense_nodes(0)}
-    nodes = {n: {k: ([np.array(e) for e in x] if isinstance(x, list) else {p: np.array(w) for p, w in x.items()})
-                 for k, x in node.items()} for n, node in doc["Nodes"].items()}
+    nodes = {
+        n: {
+            k: (
+                [np.array(e) for e in x]
+                if isinstance(x, list)
+                else {p: np.array(w) for p, w in x.items()}
+            )
+            for k, x in node.items()
+        }
+        for n, node in doc["Nodes"].items()
+    }
     path = tmp_path / f"{PREFIX}_0_1.npz"
     np.savez(path, {**doc, "Nodes": nodes})
     f = read_file(path)

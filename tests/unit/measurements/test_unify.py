@@ -37,7 +37,9 @@ def oracle(docs: list[dict], group: list[int], ep: bool, scales: bool) -> dict[s
     """The rules of DESIGN.md, written plainly."""
     first = docs[group[0]]["Nodes"]
     nodes = copy.deepcopy(first)
-    e_local = 1 + max((int(m[2]) for n in first if (m := _EXPERT.match(n)) and "moe" in n), default=-1)
+    e_local = 1 + max(
+        (int(m[2]) for n in first if (m := _EXPERT.match(n)) and "moe" in n), default=-1
+    )
     appended: dict[str, Any] = {}
     for name in first:
         if ep and _EXPERT.match(name) and "moe" in name:
@@ -58,7 +60,9 @@ def oracle(docs: list[dict], group: list[int], ep: bool, scales: bool) -> dict[s
                 else:
                     node[key] = _emax(node[key], other[key])
         if is_op and per_key in node:
-            node[per_key] = [node[per_key][0]] + [e for r in group for e in docs[r]["Nodes"][name][per_key][1:]]
+            node[per_key] = [node[per_key][0]] + [
+                e for r in group for e in docs[r]["Nodes"][name][per_key][1:]
+            ]
     nodes.update(appended)
     return nodes
 
@@ -69,7 +73,9 @@ def _docs(d: Path, world: int, method: str | None = None) -> list[dict]:
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
-def test_plain_unify_is_the_elementwise_max_of_each_group(make_set, tmp_path: Path, ranks: int) -> None:
+def test_plain_unify_is_the_elementwise_max_of_each_group(
+    make_set, tmp_path: Path, ranks: int
+) -> None:
     src = make_set(world=4, scales=True)
     out = tmp_path / "out"
     result = unify(src, out, ranks=ranks)
@@ -79,11 +85,15 @@ def test_plain_unify_is_the_elementwise_max_of_each_group(make_set, tmp_path: Pa
         got = load_doc(out / f"{PREFIX}_{g}_{ranks}.json")
         assert got["LocalRank"] == (g if ranks > 1 else -1)
         assert got["GlobalRank"] is None
-        assert got["Nodes"] == oracle(docs, list(range(g * size, (g + 1) * size)), ep=False, scales=False)
+        assert got["Nodes"] == oracle(
+            docs, list(range(g * size, (g + 1) * size)), ep=False, scales=False
+        )
         sdocs = _docs(src, 4, "MAXABS_HW")
         scales = load_doc(out / f"{PREFIX}_MAXABS_HW_{g}_{ranks}.json")
         assert scales["Mode"] == "Scale"
-        assert scales["Nodes"] == oracle(sdocs, list(range(g * size, (g + 1) * size)), ep=False, scales=True)
+        assert scales["Nodes"] == oracle(
+            sdocs, list(range(g * size, (g + 1) * size)), ep=False, scales=True
+        )
     assert f"{PREFIX}_0_{ranks}_mod_list.json" in result.files
 
 
@@ -93,9 +103,14 @@ def test_per_channel_entries_take_the_elementwise_max(make_set, tmp_path: Path) 
 
     src = make_set(world=2, nodes_fn=nodes, scales=True)
     unify(src, tmp_path / "o", ranks=1)
-    assert load_doc(tmp_path / "o" / f"{PREFIX}_0_1.json")["Nodes"]["lin"]["params"]["weight"] == [[3.0], [2.0]]
+    assert load_doc(tmp_path / "o" / f"{PREFIX}_0_1.json")["Nodes"]["lin"]["params"]["weight"] == [
+        [3.0],
+        [2.0],
+    ]
     # scale files: element-wise (the public script's list max() would keep [0.125, 0.125] of rank 0 or 1 whole)
-    got = load_doc(tmp_path / "o" / f"{PREFIX}_MAXABS_HW_0_1.json")["Nodes"]["lin"]["params"]["weight"]
+    got = load_doc(tmp_path / "o" / f"{PREFIX}_MAXABS_HW_0_1.json")["Nodes"]["lin"]["params"][
+        "weight"
+    ]
     assert got == [1.0, 1.0]
 
 
@@ -103,9 +118,17 @@ def test_scale_list_max_is_elementwise_not_lexicographic(tmp_path: Path) -> None
     src = tmp_path / "s"
     for rank, w in enumerate(([2.0, 1.0], [1.0, 4.0])):
         write_rank(src, rank, 2, {"lin": {"inputs": [[[1.0]]], "params": {"weight": [[1.0]]}}})
-        write_rank(src, rank, 2, {"lin": {"inputs": [0.5], "outputs": [0.5], "params": {"weight": w}}}, method="MAXABS_HW")
+        write_rank(
+            src,
+            rank,
+            2,
+            {"lin": {"inputs": [0.5], "outputs": [0.5], "params": {"weight": w}}},
+            method="MAXABS_HW",
+        )
     unify(src, tmp_path / "o", ranks=1)
-    got = load_doc(tmp_path / "o" / f"{PREFIX}_MAXABS_HW_0_1.json")["Nodes"]["lin"]["params"]["weight"]
+    got = load_doc(tmp_path / "o" / f"{PREFIX}_MAXABS_HW_0_1.json")["Nodes"]["lin"]["params"][
+        "weight"
+    ]
     assert got == [2.0, 4.0]  # python's max([2, 1], [1, 4]) would give [2.0, 1.0]
 
 
@@ -120,7 +143,9 @@ def test_expert_parallel_unify_gathers_experts(make_set, tmp_path: Path, ranks: 
         group = list(range(g * size, (g + 1) * size))
         got = load_doc(out / f"{PREFIX}_{g}_{ranks}.json")["Nodes"]
         want = oracle(docs, group, ep=True, scales=False)
-        assert list(got) == list(want)  # the public tool's order: new experts after the existing nodes
+        assert list(got) == list(
+            want
+        )  # the public tool's order: new experts after the existing nodes
         assert got == want
         op = got["model.layers.1.mlp.experts.moe_op"]
         assert len(op["outputs"]) == 1 + 2 * size
@@ -146,7 +171,11 @@ def test_npz_holds_the_json_values_as_float32(make_set, tmp_path: Path) -> None:
     unify(src, tmp_path / "o", ranks=1, expert_parallel=True)
     doc = load_doc(tmp_path / "o" / f"{PREFIX}_0_1.json")
     npz = load_npz(tmp_path / "o" / f"{PREFIX}_0_1.npz")
-    assert {k: v for k, v in npz.items() if k != "Nodes"} == {"GlobalRank": None, "LocalRank": -1, "Mode": "DynamicRange"}
+    assert {k: v for k, v in npz.items() if k != "Nodes"} == {
+        "GlobalRank": None,
+        "LocalRank": -1,
+        "Mode": "DynamicRange",
+    }
     assert list(npz["Nodes"]) == list(doc["Nodes"])
     for name, node in doc["Nodes"].items():
         for key in node:
@@ -178,7 +207,9 @@ def test_card_groups_need_not_be_consecutive(make_set, tmp_path: Path) -> None:
     src = make_set(world=4)
     unify(src, tmp_path / "g", groups=[[0, 2], [1, 3]])
     docs = _docs(src, 4)
-    assert load_doc(tmp_path / "g" / f"{PREFIX}_1_2.json")["Nodes"] == oracle(docs, [1, 3], ep=False, scales=False)
+    assert load_doc(tmp_path / "g" / f"{PREFIX}_1_2.json")["Nodes"] == oracle(
+        docs, [1, 3], ep=False, scales=False
+    )
 
 
 def test_skip_scales_leaves_scale_files_out(make_set, tmp_path: Path) -> None:
@@ -196,7 +227,9 @@ def test_in_place_unify_keeps_the_old_set_beside_the_new(make_set) -> None:
     assert {n: after[n] for n in before} == before
     assert {f"{PREFIX}_0_2.json", f"{PREFIX}_1_2.npz", f"{PREFIX}_1_2_mod_list.json"} <= set(after)
     # a second in-place unify needs to be told which set to start from
-    with pytest.raises(MeasurementError, match=r"several world sizes \(world 2: ranks 0-1; world 4: ranks 0-3\)"):
+    with pytest.raises(
+        MeasurementError, match=r"several world sizes \(world 2: ranks 0-1; world 4: ranks 0-3\)"
+    ):
         unify(src, src, ranks=1)
     unify(src, src, ranks=1, world=4)
     assert (src / f"{PREFIX}_0_1.json").exists()
@@ -205,7 +238,9 @@ def test_in_place_unify_keeps_the_old_set_beside_the_new(make_set) -> None:
 def test_expert_parallel_flag_on_a_dense_model_is_a_plain_max(make_set, tmp_path: Path) -> None:
     src = make_set(world=2)
     result = unify(src, tmp_path / "o", ranks=1, expert_parallel=True)
-    assert load_doc(tmp_path / "o" / f"{PREFIX}_0_1.json")["Nodes"] == oracle(_docs(src, 2), [0, 1], False, False)
+    assert load_doc(tmp_path / "o" / f"{PREFIX}_0_1.json")["Nodes"] == oracle(
+        _docs(src, 2), [0, 1], False, False
+    )
     assert any("no MoE experts" in n for n in result.notes)
 
 
@@ -217,7 +252,9 @@ def test_node_order_may_differ_between_ranks(tmp_path: Path) -> None:
     write_rank(src, 1, 2, b)
     unify(src, tmp_path / "o", ranks=1)
     docs = [load_doc(src / f"{PREFIX}_0_2.json"), {"Nodes": dense_nodes(1)}]
-    assert load_doc(tmp_path / "o" / f"{PREFIX}_0_1.json")["Nodes"] == oracle(docs, [0, 1], False, False)
+    assert load_doc(tmp_path / "o" / f"{PREFIX}_0_1.json")["Nodes"] == oracle(
+        docs, [0, 1], False, False
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,8 +276,19 @@ def test_node_order_may_differ_between_ranks(tmp_path: Path) -> None:
         (None, "0,a--2,3", r"numbers separated by"),
         (None, "0--1--2--3", r"4 card groups for world size 4: nothing to unify"),
     ],
-    ids=["r-not-dividing", "r-equal", "r-above", "r-zero", "neither", "both", "missing-rank", "duplicate", "outside",
-         "not-a-number", "one-per-group"],
+    ids=[
+        "r-not-dividing",
+        "r-equal",
+        "r-above",
+        "r-zero",
+        "neither",
+        "both",
+        "missing-rank",
+        "duplicate",
+        "outside",
+        "not-a-number",
+        "one-per-group",
+    ],
 )
 def test_impossible_groupings_are_refused(make_set, tmp_path: Path, ranks, groups, match) -> None:
     src = make_set(world=4)
@@ -263,7 +311,9 @@ def test_unparsable_json_names_the_file(make_set, tmp_path: Path) -> None:
 def test_file_name_without_rank_suffix_is_refused(make_set, tmp_path: Path) -> None:
     src = make_set(world=2)
     (src / f"{PREFIX}.json").write_text("{}")
-    with pytest.raises(MeasurementError, match=r"does not follow the rank rule .*WORLD_SIZE/LOCAL_RANK") as info:
+    with pytest.raises(
+        MeasurementError, match=r"does not follow the rank rule .*WORLD_SIZE/LOCAL_RANK"
+    ) as info:
         unify(src, tmp_path / "o", ranks=1)
     assert info.value.path.endswith(f"{PREFIX}.json")
 
@@ -279,7 +329,10 @@ def test_missing_ranks_are_named(make_set, tmp_path: Path) -> None:
 def test_mixed_prefixes_are_refused(make_set, tmp_path: Path) -> None:
     src = make_set(world=2)
     write_rank(src, 0, 2, dense_nodes(0), prefix="other_hooks_maxabs")
-    with pytest.raises(MeasurementError, match=r"mixed prefixes in one directory: inc_output_hooks_maxabs \(\d+ files\), other"):
+    with pytest.raises(
+        MeasurementError,
+        match=r"mixed prefixes in one directory: inc_output_hooks_maxabs \(\d+ files\), other",
+    ):
         unify(src, tmp_path / "o", ranks=1)
     # choosing one works
     unify(src, tmp_path / "o", ranks=1, prefix=PREFIX)
@@ -291,7 +344,9 @@ def test_ranks_with_different_nodes_are_refused(tmp_path: Path) -> None:
     nodes = dense_nodes(1)
     nodes.pop("model.layers.1.mlp.down_proj")
     write_rank(src, 1, 2, nodes)
-    with pytest.raises(MeasurementError, match=r"rank 1 lacks node 'model.layers.1.mlp.down_proj' of rank 0"):
+    with pytest.raises(
+        MeasurementError, match=r"rank 1 lacks node 'model.layers.1.mlp.down_proj' of rank 0"
+    ):
         unify(src, tmp_path / "o", ranks=1)
 
 
@@ -299,7 +354,9 @@ def test_ranks_with_different_shapes_are_refused(tmp_path: Path) -> None:
     src = tmp_path / "s"
     write_rank(src, 0, 2, dense_nodes(0, channels=3))
     write_rank(src, 1, 2, dense_nodes(1, channels=4))
-    with pytest.raises(MeasurementError, match=r"node 'model.layers.0.mlp.down_proj' differs from rank 0"):
+    with pytest.raises(
+        MeasurementError, match=r"node 'model.layers.0.mlp.down_proj' differs from rank 0"
+    ):
         unify(src, tmp_path / "o", ranks=1)
 
 
@@ -319,7 +376,9 @@ def test_expert_parallel_unify_of_an_expanded_set_is_refused(make_set, tmp_path:
     from harness.measurements import expand
 
     expand(tmp_path / "u", tmp_path / "e", 2)
-    with pytest.raises(MeasurementError, match=r"each rank already holds all experts \(an expanded set\?\)"):
+    with pytest.raises(
+        MeasurementError, match=r"each rank already holds all experts \(an expanded set\?\)"
+    ):
         unify(tmp_path / "e", tmp_path / "o", ranks=1, expert_parallel=True)
 
 
