@@ -56,13 +56,13 @@ from harness.measurements.layout import struct_items
 from harness.measurements.model import Entry
 from harness.measurements.model import MeasurementFile
 from harness.measurements.model import _ranks_text
-from harness.measurements.model import parse_file_name
 from harness.measurements.model import read_json
 from harness.measurements.model import read_mod_list
 from harness.measurements.model import read_npz
 from harness.measurements.model import scan
 from harness.measurements.naming import RANK_RULE
 from harness.measurements.naming import Kind
+from harness.measurements.naming import parse_file_name
 from harness.measurements.npzio import NpzEncoder
 from harness.measurements.npzio import has_stream
 
@@ -549,9 +549,9 @@ def _moe(
     ops: list[tuple[int, int]] = []  # (node index, per-expert count)
     for i, name in enumerate(first.layout.names):
         if moe.is_moe_op(name):
-            f = field(first.layout.structs[i], "outputs")
-            if f is not None and f[1] == LIST and len(f[2]) > 1:
-                ops.append((i, len(f[2]) - 1))
+            out = field(first.layout.structs[i], "outputs")
+            if out is not None and out[1] == LIST and len(out[2]) > 1:
+                ops.append((i, len(out[2]) - 1))
     summary["moe_ops"] = len(ops)
     if not ops:
         return "no MoE ops"
@@ -565,11 +565,11 @@ def _moe(
         index = f.layout.index()
         for i0, c in ops:
             name = first.layout.names[i0]
-            i = index.get(name)
-            if i is None:
+            node = index.get(name)
+            if node is None:
                 continue
-            items = [it for it in struct_items(f.layout.structs[i]) if it[0] == "outputs"][1:]
-            base = int(f.layout.offsets[i])
+            items = [it for it in struct_items(f.layout.structs[node]) if it[0] == "outputs"][1:]
+            base = int(f.layout.offsets[node])
             for k, (_key, _idx, start, size, _shape) in enumerate(items):
                 if not f.values[base + start : base + start + size].any():
                     if expanded:

@@ -272,7 +272,7 @@ def _plan(struct: NodeStruct) -> _Plan | None:
     plan = _PLANS.get(id(struct), False)
     if plan is not False:
         return plan  # type: ignore[return-value]
-    fields = []
+    fields: list[tuple[str, bool, Any]] = []
     for key, kind, spec in struct:
         if kind == LIST and all(s == _SHAPE_11 for s in spec):
             fields.append((key, True, len(spec)))
@@ -292,6 +292,7 @@ def _read_known(node: Any, plan: _Plan, append: Any) -> bool:
         return False
     for key, is_list, spec in plan[1]:
         v = node[key]
+        entries: Iterable[Any]
         if is_list:
             if type(v) is not list or len(v) != spec:
                 return False
@@ -360,12 +361,14 @@ class RawArray(list):  # type: ignore[type-arg]
 
     def to_numpy(self) -> np.ndarray:
         _version, shape, dtype, fortran, data = self[0]
+        dims = tuple(int(d) for d in shape)
+        arr: np.ndarray
         if dtype.hasobject:
             arr = np.empty(len(data), dtype=object)
             arr[:] = data
-            return arr.reshape(shape)
-        order = "F" if fortran and len(shape) > 1 else "C"
-        return np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
+            return arr.reshape(dims)
+        arr = np.frombuffer(data, dtype=dtype)
+        return arr.reshape(dims, order="F" if fortran and len(dims) > 1 else "C")
 
 
 class _Chunks:

@@ -389,18 +389,6 @@ def read_ranks(
     return files
 
 
-def kinds_present(
-    directory: Path | str, prefix: str | None = None
-) -> list[tuple[Kind, str | None]]:
-    """The (kind, method) pairs present in a directory, ranges first."""
-    found = scan(directory, prefix)
-    pairs = sorted(
-        {(e.name.kind, e.name.method) for e in found.data()},
-        key=lambda p: (p[0] is Kind.SCALES, p[1] or ""),
-    )
-    return pairs
-
-
 # ---------------------------------------------------------------------------------------------
 # Writing
 

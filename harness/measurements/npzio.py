@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from struct import Struct
 from typing import Any
+from typing import cast
 
 import numpy as np
 
@@ -95,12 +96,6 @@ def read(path: Path) -> dict[str, Any]:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in doc.items()}
 
 
-def write_plain(path: Path, doc: dict[str, Any]) -> None:
-    """Write with ``np.savez`` itself (the reference path; used for checks and odd documents)."""
-    with open(path, "wb") as f:
-        np.savez(f, doc)
-
-
 # ---------------------------------------------------------------------------------------------
 # Fast encoder
 
@@ -126,8 +121,8 @@ def _get(i: int) -> bytes:
 @functools.cache
 def _shared() -> _Shared:
     sample = np.zeros((1, 1), dtype=np.float32)
-    func, args, _state = sample.__reduce_ex__(3)
-    cls, zero, bb = args
+    reduced = cast(tuple[Any, tuple[Any, Any, Any], Any], sample.__reduce_ex__(3))
+    func, (cls, zero, bb), _state = reduced
     f4 = np.dtype(np.float32)
     obj = np.dtype(object)
     objects = [func, cls, zero, bb, f4, obj, *_SHARED_KEYS]

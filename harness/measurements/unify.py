@@ -315,7 +315,7 @@ def unify(
     ]
     methods = sorted(
         {
-            e.name.method
+            e.name.method or ""
             for e in found.data()
             if e.name.kind is Kind.SCALES and e.name.base == base and e.name.world == w
         }
