@@ -262,7 +262,18 @@ def check(
     ):
         worlds = sorted(by_world)
         complete = [w for w in worlds if by_world[w].complete]
-        if len(worlds) > 1:
+        if world in complete and len(worlds) > 1:
+            # the target's set is here: the others (an in-place unify's source) are not served
+            others = ", ".join(str(w) for w in worlds if w != world)
+            report.add(
+                Severity.INFO,
+                "several-sets",
+                f"{base} {kind.value}: also holds files of world {others}; checking the world "
+                f"{world} set (the target)",
+                directory,
+            )
+            worlds = [world]
+        elif len(worlds) > 1:
             text = "; ".join(f"world {w}: ranks {_ranks_text(by_world[w].entries)}" for w in worlds)
             if len(complete) == len(worlds):
                 report.add(
@@ -650,13 +661,14 @@ def _mod_lists(
         )
         return
     by_set: dict[frozenset[str], list[int]] = defaultdict(list)
+    seen: dict[bytes, list[str]] = {}
     where: dict[frozenset[str], Path] = {}
     for rank, f in sorted(loaded.items()):
         e = lists.get(rank)
         if e is None:
             continue
         try:
-            names = read_mod_list(e.path)
+            names = read_mod_list(e.path, seen)
         except MeasurementError as exc:
             report.add(Severity.ERROR, "unreadable", exc.reason, exc.path)
             continue

@@ -317,15 +317,22 @@ def _name_of(path: Path) -> FileName:
     return name
 
 
-def read_mod_list(path: Path) -> list[str]:
-    """Read a ``_mod_list.json`` file: a JSON list of module names."""
+def read_mod_list(path: Path, seen: dict[bytes, list[str]] | None = None) -> list[str]:
+    """Read a ``_mod_list.json`` file: a JSON list of module names.
+
+    ``seen`` caches lists by content: the ranks of a set usually share one list.
+    """
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise MeasurementError(path, f"cannot read: {exc.strerror}") from None
+    if seen is not None and raw in seen:
+        return seen[raw]
     names = jsonio.decode(raw, str(path))
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise MeasurementError(path, "a module list must be a JSON list of module names")
+    if seen is not None:
+        seen[raw] = names
     return names
 
 
@@ -366,11 +373,12 @@ def load_set(
     timings = timings or Timings()
     files = read_ranks(by_rank, world, timings)
     mod_lists: dict[int, list[str]] = {}
+    seen: dict[bytes, list[str]] = {}
     if sel_kind is Kind.RANGES:
         for e in found.mod_lists():
             if e.name.base == base and e.name.world == world and e.name.rank < world:
                 with timings.phase("parse"):
-                    mod_lists[e.name.rank] = read_mod_list(e.path)
+                    mod_lists[e.name.rank] = read_mod_list(e.path, seen)
     return MeasurementSet(Path(directory), base, sel_kind, method, world, files, mod_lists)
 
 

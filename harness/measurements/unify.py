@@ -328,10 +328,11 @@ def unify(
             _b, _m, _w, entries = select(found, Selection(Kind.SCALES, w, base, method))
             jobs.append((Kind.SCALES, method, entries))
     mod_lists: dict[int, list[str]] = {}
+    seen: dict[bytes, list[str]] = {}
     for e in found.mod_lists():
         if e.name.base == base and e.name.world == w and e.name.rank < w:
             with timings.phase("parse"):
-                mod_lists[e.name.rank] = read_mod_list(e.path)
+                mod_lists[e.name.rank] = read_mod_list(e.path, seen)
 
     with staged_directory(out_dir) as stage:
         writer = SetWriter(stage, timings)

@@ -81,6 +81,10 @@ def test_complete_sets_of_two_sizes_are_both_checked(make_set) -> None:
     assert report.ok
     assert _codes(report)["several-sets"] is Severity.INFO
     assert sorted(s["world"] for s in report.sets) == [2, 4]
+    # with a target world only its set is checked (the other is the unify's source)
+    report = check(d, world=2)
+    assert report.ok and [s["world"] for s in report.sets] == [2]
+    assert not check(d, world=8).ok
 
 
 def test_node_sets_that_differ(make_set) -> None:
