@@ -58,7 +58,7 @@ class PatchedCpuMoeOp(PatchedModuleBase):
     def forward_qdq(self, x: torch.Tensor, topk_ids: torch.Tensor,
                     topk_weights: torch.Tensor) -> torch.Tensor:
         qx = self.quant_input(x)
-        out = torch.zeros_like(x)
+        out = torch.zeros(x.shape, dtype=torch.float32)
         routed = self.orig_mod.expert_inputs(x, topk_ids, topk_weights)
         for i, (tokens, weights) in enumerate(routed):
             if tokens.numel() == 0:
@@ -67,8 +67,8 @@ class PatchedCpuMoeOp(PatchedModuleBase):
             gate, up = torch.matmul(qx[tokens], w13.dequant_weights(w13.weight)).chunk(2, dim=-1)
             mid = self.quant_intermediate[i](F.silu(gate) * up)
             y = torch.matmul(mid, w2.dequant_weights(w2.weight)) * weights[:, None].to(x.dtype)
-            out.index_add_(0, tokens, y.to(out.dtype))
-        return out
+            out.index_add_(0, tokens, y.float())
+        return out.to(x.dtype)
 
     def forward_quant(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         raise NotImplementedError("real FP8 MoE kernels need a Gaudi; use use_qdq on CPU")

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-_EXPERT = re.compile(r"^(?P<op>.*\.moe_op)\.w13_list\.(?P<i>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -19,7 +16,7 @@ class SetSummary:
     nodes_measured: int  # distinct nodes over all ranks
     moe_layers: int
     experts_total: int  # the model's experts
-    experts_covered: int  # min over MoE layers of distinct global experts present
+    experts_covered: int  # min over MoE layers of global experts with an intermediate amax slot
     experts_routed: int  # min over MoE layers of experts with a non-zero intermediate amax
     experts_extra: int  # max over MoE layers of expert slots beyond the model's experts
 
@@ -33,33 +30,33 @@ def _scalar(value: Any) -> float:
     return float(value)
 
 
-def global_expert(rank: int, local: int, local_count: int, experts_total: int) -> int:
-    """Global index of local expert `local` on `rank` (EP: rank*E_local + i; TP MoE: i)."""
-    if local_count >= experts_total:
-        return local
-    return rank * local_count + local
+def global_expert(rank: int, slot: int, slots: int, experts_total: int) -> int:
+    """Global expert of a MoE op's per-expert slot: rank*slots + slot, or the slot itself when
+    every rank carries all experts (one rank, or TP MoE)."""
+    if slots >= experts_total:
+        return slot
+    return rank * slots + slot
 
 
 def summarize(files: list[Path], experts_total: int) -> SetSummary:
-    """Read a set's range files (rank order) and count nodes and experts."""
+    """Read a set's range files (rank order) and count nodes and experts.
+
+    Experts are counted from the MoE ops' per-expert intermediate amax (outputs[1:]): that is
+    what a layout must cover (expert weight nodes may be named locally, or, after step 6,
+    globally on every rank).
+    """
     nodes: set[str] = set()
-    seen: dict[str, set[int]] = {}  # op -> global experts present
+    seen: dict[str, set[int]] = {}  # op -> global experts with a slot
     routed: dict[str, set[int]] = {}
     for rank, path in enumerate(files):
         data = json.loads(path.read_text(encoding="utf-8"))["Nodes"]
         nodes.update(data)
-        locals_by_op: dict[str, list[int]] = {}
-        for name in data:
-            m = _EXPERT.match(name)
-            if m:
-                locals_by_op.setdefault(m["op"], []).append(int(m["i"]))
-        for op, idx in locals_by_op.items():
-            count = max(idx) + 1
-            amax = (data.get(op, {}).get("outputs") or [])[1:]
-            for i in idx:
-                g = global_expert(rank, i, count, experts_total)
+        for op in (n for n in data if n.endswith(".moe_op")):
+            amax = (data[op].get("outputs") or [])[1:]
+            for slot, value in enumerate(amax):
+                g = global_expert(rank, slot, len(amax), experts_total)
                 seen.setdefault(op, set()).add(g)
-                if i < len(amax) and _scalar(amax[i]) > 0:
+                if _scalar(value) > 0:
                     routed.setdefault(op, set()).add(g)
     return SetSummary(
         world=len(files),

@@ -195,7 +195,7 @@ class VllmMixtureOfExpertsOp(nn.Module):
         self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Output (partial, local experts only) and each local expert's intermediate amax."""
-        out = torch.zeros_like(x)
+        out = torch.zeros(x.shape, dtype=torch.float32)  # bf16 index_add_ is slow on CPU
         amax = []
         for i, (tokens, weights) in enumerate(self.expert_inputs(x, topk_ids, topk_weights)):
             if tokens.numel() == 0:
@@ -207,8 +207,8 @@ class VllmMixtureOfExpertsOp(nn.Module):
             mid = F.silu(gate) * up
             amax.append(mid.abs().max())
             y = F.linear(mid, self.w2_list[i].weight) * weights[:, None].to(x.dtype)
-            out.index_add_(0, tokens, y)
-        return out, amax
+            out.index_add_(0, tokens, y.float())
+        return out.to(x.dtype), amax
 
     def forward(
         self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor

@@ -114,6 +114,8 @@ class CpuCalibration:
 
     def _spec(self, job: CalibrationJob, layout: OutputLayout, work: Path, tp: int, ep: int,
               world: int, steps: tuple[str, ...]) -> WorkerSpec:
+        # one thread per rank: these ops are tiny and, on a shared 2-core box, torch's OpenMP
+        # threads wait on each other (a 2-thread index_add_ measured 90x slower than 1 thread)
         cores = len(os.sched_getaffinity(0))
         if world > cores:
             raise HarnessError(
@@ -125,7 +127,7 @@ class CpuCalibration:
             measurement_dir=str(layout.measurement_dir), work_dir=str(work),
             measure_config=str(layout.measure_config), quant_config=str(layout.quant_config),
             dataset=str(job.dataset), samples=job.samples, max_seq_len=job.max_seq_len,
-            master_port=_free_port(), threads=max(1, cores // world),
+            master_port=_free_port(), threads=1,
             deepseek_postprocess=job.deepseek, timeout_s=job.timeout_s,
         )
 
