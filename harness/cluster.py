@@ -84,8 +84,11 @@ def figures_from_nodes(nodes: list[dict[str, Any]]) -> ClusterFigures:
     """Figures from `ray.nodes()` plus `available` per node (ray.state's per-node view)."""
     out, total, used = [], {}, {}
     for node in nodes:
-        res = {k: float(v) for k, v in node.get("Resources", {}).items() if "node:" not in k}
-        avail = {k: float(v) for k, v in node.get("Available", res).items() if "node:" not in k}
+        res = {k: float(v) for k, v in node.get("Resources", {}).items() if _plain(k)}
+        # a resource missing from the available view is fully used (placement groups hold it)
+        avail = (
+            {k: float(node["Available"].get(k, 0.0)) for k in res} if "Available" in node else res
+        )
         alive = bool(node.get("Alive", node.get("alive", True)))
         out.append(
             NodeFigures(
@@ -103,6 +106,11 @@ def figures_from_nodes(nodes: list[dict[str, Any]]) -> ClusterFigures:
                 used[k] = used.get(k, 0.0) + v - avail.get(k, v)
     out.sort(key=lambda n: (not n.is_head, n.ip, n.node_id))
     return ClusterFigures(tuple(out), total, used)
+
+
+def _plain(resource: str) -> bool:
+    """Not Ray's bookkeeping (`node:<ip>`, placement groups' `HPU_group_<id>`)."""
+    return "node:" not in resource and "_group_" not in resource
 
 
 def parse_ray_status(text: str) -> ClusterFigures:
@@ -519,12 +527,14 @@ def shared(
     return _shared
 
 
-def shutdown_shared() -> None:
-    """Stop what the harness started (registered at exit; the session may call it earlier)."""
+def shutdown_shared() -> list[int]:
+    """Stop what the harness started (registered at exit; the session may call it earlier).
+    Returns the PIDs of started processes still alive (none, normally)."""
     global _shared
-    if _shared is not None:
-        cluster, _shared = _shared, None
-        cluster.shutdown()
+    if _shared is None:
+        return []
+    cluster, _shared = _shared, None
+    return cluster.shutdown()
 
 
 atexit.register(shutdown_shared)

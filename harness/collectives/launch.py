@@ -71,8 +71,8 @@ def run_local(
                 )
             time.sleep(0.1)
     finally:
-        for proc in procs:
-            proc.stop()
+        for proc in procs:  # (stop() waits out its grace while the group's zombies are unreaped)
+            proc.stop(grace_s=2.0)
     return [
         CommandOutput(cmd, p.poll(), p.log_path) for cmd, p in zip(commands, procs, strict=True)
     ]

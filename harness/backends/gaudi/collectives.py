@@ -61,7 +61,8 @@ class GaudiCollectives:
                 if s.csv:
                     argv += ["--csv_path", str(workdir / CSV.format(node=node))]
                 desc = (
-                    f"hccl_demo {s.test}, {nranks} ranks over {cell.nodes} node(s) (seed 003)"
+                    f"hccl_demo {s.test}, {nranks} ranks over {cell.nodes} node(s), "
+                    f"in {s.hccl_demo_dir}/ (seed 003)"
                     if node == 0
                     else ""
                 )
