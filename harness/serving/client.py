@@ -15,6 +15,7 @@ from harness.process import Command
 from harness.process import CommandFailed
 from harness.process import ManagedProcess
 from harness.process import tail
+from harness.serving.server import stop_group
 
 
 class Watched(Protocol):
@@ -28,7 +29,8 @@ def run_client(
     server's ServerFailed (it stopped serving). The client's group is stopped either way."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text(f"$ {command.shell()}\n", encoding="utf-8")
-    with ManagedProcess(command, log_path) as proc:
+    proc = ManagedProcess(command, log_path)
+    try:
         deadline = time.monotonic() + timeout_s
         while True:
             code = proc.poll()
@@ -38,6 +40,8 @@ def run_client(
             if time.monotonic() > deadline:
                 raise CommandFailed(command, f"timed out after {timeout_s:g} s", tail(log_path))
             time.sleep(poll_s)
+    finally:
+        stop_group(proc, grace_s=5.0)
     if code != 0:
         server.check_alive()  # a client failing because the server died: report the server
         raise CommandFailed(command, f"exited with status {code}", tail(log_path))

@@ -238,7 +238,8 @@ def moe_qdq(model: Any, ranges: dict[str, Any]) -> int:
                 scale = amax / full_scale
                 weight.copy_((((weight.float() / scale).to(fp8)).float() * scale).to(weight.dtype))
         block_name, block = parents.get(id(module), (None, None))
-        node = _moe_node(block_name or "", ranges)
+        node = _moe_node(block_name or "", ranges)  # block: the experts op, called with
+        # (hidden_states, router_logits): its input is the experts' input, not the router's
         if block is not None and node is not None:
             scale = _pow2_scale(float(node["inputs"][0][0][0]), full_scale)
             block.register_forward_pre_hook(_input_qdq_hook(scale, fp8), with_kwargs=True)
@@ -248,13 +249,18 @@ def moe_qdq(model: Any, ranges: dict[str, Any]) -> int:
     return blocks
 
 
-def _moe_node(block_name: str, ranges: dict[str, Any]) -> dict[str, Any] | None:
-    leaf = block_name.rsplit(".", 1)
-    candidates = [f"{block_name}.experts.moe_op"]
-    if len(leaf) == 2:
-        candidates.append(f"{leaf[0]}.mlp.experts.moe_op")
-    for key in candidates:
-        if key in ranges and ranges[key].get("inputs"):
+def _moe_node(module_name: str, ranges: dict[str, Any]) -> dict[str, Any] | None:
+    """The measured MoE op of the layer `module_name` belongs to (the calibration names the
+    block `mlp`, vLLM's Mixtral `block_sparse_moe`): `model.layers.<i>...experts.moe_op`."""
+    import re
+
+    match = re.search(r"layers\.(\d+)\.", module_name)
+    if match is None:
+        return None
+    layer = f"layers.{match.group(1)}."
+    keys = sorted(k for k in ranges if layer in k and k.endswith("experts.moe_op"))
+    for key in keys:
+        if ranges[key].get("inputs"):
             return ranges[key]
     return None
 

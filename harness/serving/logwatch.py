@@ -63,6 +63,12 @@ FAILURE_PATTERNS: tuple[FailurePattern, ...] = (
         "run the calibration stage for this cell (or fix the path it produced)",
     ),
     FailurePattern(
+        r"!+ Segfault encountered !+|Fatal Python error: [^\n]*",
+        "a vLLM process crashed",
+        "the native stack follows this line in the log; on CPU check the build matches the "
+        "host's ISA (AVX2 vs AVX-512)",
+    ),
+    FailurePattern(
         r"EngineDeadError[^\n]*",
         "the vLLM engine died",
         "read the log tail above for the engine's own error",

@@ -11,6 +11,8 @@ tail and a hint instead of waiting for a timeout.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -29,6 +31,29 @@ from harness.serving.http import post_json
 from harness.serving.logwatch import FAILURE_PATTERNS
 from harness.serving.logwatch import FailurePattern
 from harness.serving.logwatch import LogWatch
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def stop_group(proc: ManagedProcess, grace_s: float) -> None:
+    """SIGTERM the group, reaping the leader while waiting (an unreaped leader would keep the
+    group 'alive' for the whole grace), then let ManagedProcess SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not _group_alive(proc.pgid):
+            break
+        time.sleep(0.1)
+    proc.stop(grace_s=1.0)
+
 
 SMOKE_PROMPT = "Question: Mia has 3 apples and gets 4 more. How many apples does she have?"
 
@@ -176,9 +201,9 @@ class Server:
         self.smoke = {"reply": text, "completion_tokens": tokens, "latency_ms": latency_ms}
         return self.smoke
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 10.0) -> None:
         if self.process is not None:
-            self.process.stop(grace_s=10.0)
+            stop_group(self.process, grace_s)
 
 
 @contextlib.contextmanager

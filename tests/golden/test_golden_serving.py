@@ -1,0 +1,230 @@
+"""Gaudi serving, lm-eval and benchmark commands compared with the seeds, flag for flag.
+
+Seeds (../shared/seeds): 000 and 001 serve Llama-3.1-405B FP8 at TP8 (`--quantization inc
+--kv-cache-dtype fp8_inc [--weights-load-device cpu] --tensor-parallel-size 8`); 003 serves
+DeepSeek-R1 with INC env by KV dtype, on one node (start_vllm.sh -b 128 -l 16384 -c
+/data/warmup_cache) and on two with Ray, checks gsm8k with lm_eval and throughput at
+concurrency 1 and 32 (1k in / 1k out); 004 serves Llama-3.1-405B over a Ray cluster at TP8 x
+PP4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from harness import backends
+from harness.backends.gaudi.serving import link_measurements
+from harness.backends.gaudi.serving import ray_hpus
+from harness.cell import Stage
+from harness.matrix import load_matrix
+from harness.settings import StageSettings
+
+WORKDIR = Path("/runs/r1/cells/c/serving")
+FP8KV_CONFIG = "/workspace/vllm-fork/scripts/quant_configs/inc_quant_per_channel_with_fp8kv_config.json"
+BF16KV_CONFIG = "/workspace/vllm-fork/scripts/quant_configs/inc_quant_per_channel_bf16kv.json"
+
+
+@pytest.fixture(scope="module")
+def gaudi():
+    return backends.get("gaudi", {})
+
+
+def _cells(matrix: str) -> dict:
+    return {c.id: c for c in load_matrix(matrix).cells}
+
+
+def _serve(gaudi, cell):
+    commands = gaudi.plan(cell, Stage.SERVING, WORKDIR)
+    return commands[-1]
+
+
+def _flag(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_seed_001_405b_serve_line_is_the_commands_prefix(gaudi):
+    cell = _cells("nightly-g2")["llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc"]
+    cmd = _serve(gaudi, cell)
+    seed = shlex.split("vllm serve meta-llama/Llama-3.1-405B-Instruct --quantization inc --kv-cache-dtype "
+            "fp8_inc --weights-load-device cpu --tensor-parallel-size 8")
+    assert list(cmd.argv[: len(seed)]) == seed
+    assert cmd.env["QUANT_CONFIG"] == FP8KV_CONFIG
+    assert cmd.env["INC_MEASUREMENT_DUMP_PATH_PREFIX"] == str(WORKDIR / "inc_prefix")
+
+
+def test_seed_000_405b_serve_line_without_host_weights_is_the_commands_prefix(gaudi):
+    cell = _cells("nightly-g2")["llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc"]
+    settings = StageSettings.model_validate({"serving": {"max_model_len": 2048}})
+    cmd = _serve(gaudi, dataclasses.replace(cell, settings=settings))
+    seed = shlex.split("vllm serve meta-llama/Llama-3.1-405B-Instruct --quantization inc --kv-cache-dtype "
+            "fp8_inc --tensor-parallel-size 8 --max-model-len 2048")
+    assert list(cmd.argv[: len(seed)]) == seed
+
+
+@pytest.mark.parametrize(
+    ("kv", "config"), [("fp8_inc", FP8KV_CONFIG), ("auto", BF16KV_CONFIG)], ids=["fp8kv", "bf16kv"]
+)
+@pytest.mark.parametrize("matrix", ["nightly-g2", "nightly-g3"])
+def test_seed_003_single_node_deepseek_gets_the_inc_env_and_config_by_kv_dtype(
+    gaudi, matrix, kv, config
+):
+    cells = _cells(matrix)
+    device = "g2" if matrix == "nightly-g2" else "g3"
+    cell = cells[f"deepseek-r1-0528/{device}/tp8/fp8-kv-{kv}"]
+    cmd = _serve(gaudi, cell)
+    argv = list(cmd.argv)
+    assert argv[:3] == ["vllm", "serve", str(cell.model.source)]
+    assert argv[3:7] == ["--quantization", "inc", "--kv-cache-dtype", kv]
+    assert _flag(argv, "--tensor-parallel-size") == "8"
+    assert _flag(argv, "--max-num-seqs") == "128"  # start_vllm.sh -b 128
+    assert _flag(argv, "--max-model-len") == "16384"  # start_vllm.sh -l 16384
+    assert _flag(argv, "--served-model-name") == str(cell.model.source)  # seed's curl "model"
+    assert "--trust-remote-code" in argv
+    assert "--distributed-executor-backend" not in argv
+    env = cmd.env
+    assert env["QUANT_CONFIG"] == config
+    assert env["INC_MEASUREMENT_DUMP_PATH_PREFIX"] == str(WORKDIR / "inc_prefix")
+    assert env["VLLM_REQUANT_FP8_INC"] == "1"
+    assert env["VLLM_ENABLE_RUNTIME_DEQUANT"] == "1"
+    assert env["VLLM_MOE_N_SLICE"] == "1"
+    assert env["INC_FORCE_NAIVE_SCALING"] == "1"
+    assert env["VLLM_HPU_MARK_SCALES_AS_CONST"] == "false"
+    assert env["PT_HPU_RECIPE_CACHE_CONFIG"] == "/data/warmup_cache,false,32768"  # -c
+
+
+def test_seed_003_readiness_waits_for_preparing_model_with_inc(gaudi):
+    cell = _cells("nightly-g2")["deepseek-r1-0528/g2/tp8/fp8-kv-fp8_inc"]
+    spec = gaudi.server_spec(cell, 8688, None, WORKDIR)
+    assert spec.ready_marks == ("Preparing model with INC",)
+    bf16 = _cells("nightly-g2")["llama-3.1-8b/g2/tp1/bf16-kv-auto"]
+    assert gaudi.server_spec(bf16, 8688, None, WORKDIR).ready_marks == ()
+
+
+def test_a_bf16_checkpoint_gets_no_requant_env_and_a_bf16_cell_no_inc_at_all(gaudi):
+    cells = _cells("nightly-g3")
+    fp8 = _serve(gaudi, cells["llama-3.1-8b/g3/tp1/fp8-kv-fp8_inc"])
+    assert "VLLM_REQUANT_FP8_INC" not in fp8.env and "VLLM_MOE_N_SLICE" not in fp8.env
+    assert fp8.env["INC_FORCE_NAIVE_SCALING"] == "1"
+    bf16 = _serve(gaudi, cells["llama-3.1-8b/g3/tp1/bf16-kv-auto"])
+    assert "--quantization" not in bf16.argv and "--kv-cache-dtype" not in bf16.argv
+    assert not {"QUANT_CONFIG", "INC_MEASUREMENT_DUMP_PATH_PREFIX"} & set(bf16.env)
+
+
+def test_seed_003_two_node_deepseek_runs_on_ray_after_checking_the_cluster(gaudi):
+    cell = _cells("deepseek-r1-multinode")["deepseek-r1-0528/g2-n2/tp16-ep16/fp8-kv-fp8_inc"]
+    check, serve = gaudi.plan(cell, Stage.SERVING, WORKDIR)
+    assert check.argv == ("ray", "status") and check.node == 0
+    argv = list(serve.argv)
+    assert serve.node == 0
+    assert _flag(argv, "--tensor-parallel-size") == "16"
+    assert _flag(argv, "--distributed-executor-backend") == "ray"
+    assert _flag(argv, "--kv-cache-dtype") == "fp8_inc"
+    assert _flag(argv, "--max-num-seqs") == "512"  # max_num_seqs=512
+    assert _flag(argv, "--max-model-len") == "32768"
+    assert _flag(argv, "--dtype") == "bfloat16"
+    assert "--enable-expert-parallel" in argv and "--trust-remote-code" in argv
+    assert serve.env["PT_HPU_RECIPE_CACHE_CONFIG"] == "/data/cache/cache_32k_1k_20k_16k,false,32768"
+    assert serve.env["PT_HPU_ENABLE_LAZY_COLLECTIVES"] == "true"
+    assert serve.env["QUANT_CONFIG"] == FP8KV_CONFIG
+
+
+def test_the_ray_precheck_reads_hpus_from_ray_status(gaudi):
+    cell = _cells("deepseek-r1-multinode")["deepseek-r1-0528/g2-n2/tp16-ep16/fp8-kv-fp8_inc"]
+    (_, check), = gaudi.serve_prechecks(cell)
+    assert check(" 0.0/16.0 HPU\n 0B/1.2TiB memory") is None
+    assert "has 8 HPUs, the cell needs 16" in check(" 0.0/8.0 HPU")
+    assert "no HPU resource" in check(" 32.0/32.0 GPU (32.0 used of 32.0 reserved)")  # seed 004
+    assert ray_hpus(" 8.0/16.0 HPU") == (8.0, 16.0)
+
+
+def test_seed_004_tp8_pp4_over_four_nodes(gaudi, tmp_path):
+    matrix = tmp_path / "seed-004.yaml"
+    matrix.write_text(
+        "name: seed-004\nbackend: gaudi\nmodels:\n  llama-3.1-405b:\n"
+        "    hub_id: meta-llama/Llama-3.1-405B-Instruct\n    num_attention_heads: 128\n"
+        "axes:\n  device: [g2]\n  tp: [8]\n  pp: [4]\n  nodes: [4]\n", encoding="utf-8",
+    )
+    (cell,) = load_matrix(matrix).cells
+    _, serve = gaudi.plan(cell, Stage.SERVING, WORKDIR)
+    seed = shlex.split("vllm serve meta-llama/Llama-3.1-405B-Instruct --tensor-parallel-size 8 "
+            "--pipeline-parallel-size 4")
+    assert list(serve.argv[: len(seed)]) == seed
+    assert serve.argv[len(seed): len(seed) + 2] == ("--distributed-executor-backend", "ray")
+    assert "QUANT_CONFIG" not in serve.env
+
+
+def test_seed_003_lm_eval_line(gaudi):
+    cell = _cells("nightly-g2")["deepseek-r1-0528/g2/tp8/fp8-kv-fp8_inc"]
+    (cmd,) = gaudi.plan(cell, Stage.ACCURACY, WORKDIR)
+    seed = shlex.split("lm_eval --model local-completions --tasks gsm8k --model_args "
+        "model=/data/hf_models/DeepSeek-R1-0528-G2,max_gen_toks=4096,max_length=16384,"
+        "base_url=http://127.0.0.1:8688/v1/completions --batch_size 16")
+    argv = list(cmd.argv)
+    assert argv[: len(seed)] == seed
+    assert "--log_samples" in argv
+    assert _flag(argv, "--output_path") == str(WORKDIR / "lm_eval_output")
+    assert cmd.env["no_proxy"] == "127.0.0.1"
+
+
+def test_seed_003_benchmark_at_concurrency_1_and_32_with_1k_in_1k_out(gaudi):
+    cell = _cells("nightly-g2")["deepseek-r1-0528/g2/tp8/fp8-kv-fp8_inc"]
+    commands = gaudi.plan(cell, Stage.THROUGHPUT, WORKDIR)
+    assert [_flag(list(c.argv), "--max-concurrency") for c in commands] == ["1", "32"]
+    for cmd in commands:
+        argv = list(cmd.argv)
+        assert argv[:3] == ["vllm", "bench", "serve"]
+        assert _flag(argv, "--random-input-len") == "1024"
+        assert _flag(argv, "--random-output-len") == "1024"
+        assert _flag(argv, "--model") == "/data/hf_models/DeepSeek-R1-0528-G2"
+        assert "--save-result" in argv
+
+
+def _write_set(directory: Path, prefix: str, world: int) -> None:
+    directory.mkdir(parents=True)
+    for r in range(world):
+        for suffix in (".json", ".npz", "_mod_list.json"):
+            (directory / f"{prefix}_hooks_maxabs_{r}_{world}{suffix}").write_text("{}")
+        (directory / f"{prefix}_hooks_maxabs_MAXABS_HW_{r}_{world}.json").write_text("{}")
+
+
+def test_the_inc_prefix_links_the_calibrated_set_under_the_stock_configs_dump_path(
+    gaudi, tmp_path
+):
+    _write_set(tmp_path / "meas", "inc_output", 2)
+    from types import SimpleNamespace
+
+    calibration = SimpleNamespace(dump_stats_path=tmp_path / "meas" / "inc_output")
+    cell = _cells("nightly-g2")["deepseek-r1-0528/g2/tp8/fp8-kv-fp8_inc"]
+    prefix = gaudi.inc_prefix(cell, calibration, tmp_path / "serving")
+    target = prefix / "scripts" / "nc_workspace_measure_kvcache"
+    names = sorted(p.name for p in target.iterdir())
+    assert names == sorted(
+        f"inc_measure_output_hooks_maxabs_{r}_2{s}" for r in range(2)
+        for s in (".json", ".npz", "_mod_list.json")
+    )  # scale files are computed by the serving config's own method, not linked
+    link = target / "inc_measure_output_hooks_maxabs_1_2.npz"
+    assert link.is_symlink()
+    assert link.resolve() == (tmp_path / "meas" / "inc_output_hooks_maxabs_1_2.npz").resolve()
+
+
+def test_a_stock_config_with_an_absolute_dump_path_cannot_take_the_prefix(tmp_path):
+    configs = tmp_path / "quant_configs"
+    configs.mkdir()
+    (configs / "inc_quant_per_channel_with_fp8kv_config.json").write_text(
+        json.dumps({"dump_stats_path": "/abs/inc_output"})
+    )
+    gaudi = backends.get("gaudi", {"quant_configs_dir": str(configs)})
+    cell = _cells("nightly-g2")["deepseek-r1-0528/g2/tp8/fp8-kv-fp8_inc"]
+    from types import SimpleNamespace
+
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="dump_stats_path '/abs/inc_output' is absolute"):
+        gaudi.inc_prefix(cell, SimpleNamespace(dump_stats_path=tmp_path), tmp_path / "s")
+    with pytest.raises(HarnessError, match="no measurement files"):
+        link_measurements(tmp_path / "none" / "inc_output", tmp_path / "t" / "x")
