@@ -177,7 +177,8 @@ def test_the_vllm_style_model_computes_what_transformers_computes(models):
 
 
 def test_dense_tp2_unified_to_tp1_matches_a_tp1_calibration(calibrate):
-    tp1 = calibrate("dense", tp=1)
+    # the TP1 reference is the Gaudi2-target calibration: same measure config, same ranges
+    tp1 = calibrate("dense", tp=1, target_device="g2")
     tp2 = calibrate("dense", tp=1, calibrate_tp=2, unify_ranks=1)
     assert not tp1.derived and tp2.derived and tp2.calibrated_world == 2
     assert sorted(p.name for p in tp2.source_dir.glob("*_2.json")) == [
@@ -250,10 +251,10 @@ def test_a_one_rank_moe_calibration_expands_to_ep2_and_the_stage_records_it(cali
 
 
 def test_a_second_ensure_reuses_the_cache_entry(calibrate):
-    first = calibrate("dense", tp=1)
+    first = calibrate("dense", tp=1, target_device="g2")
     done = first.cache_entry / "done.json"
     before = (done.stat().st_mtime_ns, sorted(p.name for p in (first.cache_entry / "logs").iterdir()))
-    again = calibrate("dense", tp=1)
+    again = calibrate("dense", tp=1, target_device="g2")
     assert again == first
     assert (done.stat().st_mtime_ns, sorted(p.name for p in (first.cache_entry / "logs").iterdir())) == before
 
@@ -282,7 +283,7 @@ def test_a_gaudi2_target_gets_gaudi2s_hardware_aligned_scales(calibrate):
 
 
 def test_quantize_recomputes_a_stale_scale_file_instead_of_reusing_it(calibrate, workspace):
-    a = calibrate("dense", tp=1)
+    a = calibrate("dense", tp=1, target_device="g2")
     stale = workspace / "stale"
     shutil.copytree(a.measurement_dir, stale / "cpu")
     scale = stale / "cpu" / a.scale_files[0].name
@@ -323,5 +324,5 @@ def _poison(scale: Path) -> None:
 
 
 def test_no_rank_ever_fell_into_incs_backup_folder_trap(calibrate, workspace):
-    calibrate("dense", tp=1)
+    calibrate("dense", tp=1, target_device="g2")
     assert not list((workspace / "cache").rglob("backup_*"))
