@@ -73,7 +73,7 @@ class ClusterFigures:
 
     def render(self, resources: tuple[str, ...] = ("HPU", "GPU", "CPU")) -> str:
         """One line with the `ray status` figures: active nodes and used/total per resource."""
-        shown = [r for r in resources if r in self.total] or sorted(self.total)[:3]
+        shown = [r for r in dict.fromkeys(resources) if r in self.total] or sorted(self.total)[:3]
         usage = ", ".join(f"{self.used.get(r, 0.0):.1f}/{self.total[r]:.1f} {r}" for r in shown)
         ips = sorted({n.ip for n in self.alive if n.ip})
         where = f" ({', '.join(ips)})" if ips else ""
@@ -317,16 +317,6 @@ def _facts_function() -> Callable[[dict[str, Any]], dict[str, Any]]:
     return node_facts
 
 
-def shared_facts(facts: Mapping[str, Any], per_node_env: frozenset[str]) -> dict[str, Any]:
-    """The probe's facts every node must share: python, packages, importable modules, env."""
-    out: dict[str, Any] = {"python": facts.get("python")}
-    out.update({f"package.{k}": v for k, v in facts.get("packages", {}).items()})
-    out.update({f"module.{k}": v is not None for k, v in facts.get("modules", {}).items()})
-    env = facts.get("env", {})
-    out.update({f"env.{k}": v for k, v in env.items() if k not in per_node_env})
-    return out
-
-
 def local_facts(spec: dict[str, Any]) -> dict[str, Any]:
     """The same probe, in this process (single-node cells need no Ray)."""
     return _facts_function()(spec)
@@ -538,31 +528,3 @@ def shutdown_shared() -> list[int]:
 
 
 atexit.register(shutdown_shared)
-
-
-# -- what preflight asks of Ray ---------------------------------------------------------------
-
-
-@dataclass
-class NodeProbe:
-    """Per-node facts for a cell, and what Ray said about room for it."""
-
-    facts: dict[str, dict[str, Any]]  # by node: "ip/node-id" via Ray, "local" without
-    via_ray: bool = False
-    figures: ClusterFigures | None = None
-    problem: str | None = None  # Ray unreachable, or the placement does not fit (with figures)
-
-
-def probe_nodes(
-    cell: Cell, placement: Placement, spec: dict[str, Any], can_start: bool
-) -> NodeProbe:
-    """Facts from every node through Ray when the cell needs Ray, else from this host."""
-    if not uses_ray(cell, int(placement.per_node), os.environ):
-        return NodeProbe({"local": local_facts(spec)})
-    try:
-        cluster = shared(cell.backend_options, placement.nodes, placement.bundles[0], can_start)
-        figures = cluster.figures()
-        facts = cluster.node_facts(spec, cell.settings.preflight.ray_timeout_s)
-    except ClusterError as exc:
-        return NodeProbe({"local": local_facts(spec)}, True, None, str(exc))
-    return NodeProbe(facts, True, figures, fit_reason(placement, figures))

@@ -10,12 +10,16 @@ the fix visible in the summary.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from harness import cluster
 from harness.backends.base import Check
 from harness.backends.base import CheckStatus
-from harness.cluster import NodeProbe
+from harness.cell import Cell
+from harness.cluster import ClusterFigures
 from harness.cluster import Placement
 from harness.errors import StageError
 from harness.results import write_atomic
@@ -25,6 +29,46 @@ NODES_HINT = (
     "install the same driver/firmware, packages and Python on every node and export the same "
     "env before `ray start` (seed 003, 'consistent software stack'); see nodes.md"
 )
+
+
+@dataclass
+class NodeProbe:
+    """Per-node facts for a cell, and what Ray said about room for it."""
+
+    facts: dict[str, dict[str, Any]]  # by node: "ip/node-id" via Ray, "local" without
+    via_ray: bool = False
+    figures: ClusterFigures | None = None
+    problem: str | None = None  # Ray unreachable, or the placement does not fit (with figures)
+
+
+def probe_nodes(
+    cell: Cell, placement: Placement, spec: dict[str, Any], can_start: bool
+) -> NodeProbe:
+    """The backend's probe on every node through Ray when the cell needs Ray, else here."""
+    if not cluster.uses_ray(cell, int(placement.per_node), os.environ):
+        return NodeProbe({"local": cluster.local_facts(spec)})
+    try:
+        ray = cluster.shared(cell.backend_options, placement.nodes, placement.bundles[0], can_start)
+        figures = ray.figures()
+        facts = ray.node_facts(spec, cell.settings.preflight.ray_timeout_s)
+    except cluster.ClusterError as exc:
+        return NodeProbe({"local": cluster.local_facts(spec)}, True, None, str(exc))
+    return NodeProbe(facts, True, figures, cluster.fit_reason(placement, figures))
+
+
+def shared_facts(facts: Mapping[str, Any], per_node_env: frozenset[str]) -> dict[str, Any]:
+    """The probe's facts every node must share: python, packages, importable modules, env."""
+    out: dict[str, Any] = {"python": facts.get("python")}
+    out.update({f"package.{k}": v for k, v in facts.get("packages", {}).items()})
+    out.update({f"module.{k}": v is not None for k, v in facts.get("modules", {}).items()})
+    env = facts.get("env", {})
+    out.update({f"env.{k}": v for k, v in env.items() if k not in per_node_env})
+    return out
+
+
+def comparable(backend: Any, facts: Mapping[str, Any]) -> dict[str, Any]:
+    """What must agree between nodes: the shared facts plus the backend's (driver, firmware)."""
+    return {**shared_facts(facts, backend.per_node_env), **backend.device_facts(facts)}
 
 
 def differences(by_node: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -114,15 +158,15 @@ def vllm_on_workers(probe: NodeProbe, source_dir: str | None) -> Check:
 
 def checks_for(ctx: StageContext) -> list[Check]:
     """The backend's checks on its probe, then Ray, vLLM on the workers, and node agreement."""
-    backend, cell = ctx.backend, ctx.cell
-    probe = backend.preflight_probe(cell)  # type: ignore[attr-defined]
-    checks = list(backend.preflight_checks(cell, probe))  # type: ignore[attr-defined]
-    placement = backend.ray_placement(cell)  # type: ignore[attr-defined]
-    checks.append(ray_check(probe, placement, backend.ray_hint))  # type: ignore[attr-defined]
+    backend: Any = ctx.backend  # the preflight mixin of cpu or gaudi
+    cell = ctx.cell
+    placement = backend.ray_placement(cell)
+    probe = probe_nodes(cell, placement, backend.preflight_spec(cell), backend.starts_local_ray)
+    checks = list(backend.preflight_checks(cell, probe.facts))
+    checks.append(ray_check(probe, placement, backend.ray_hint))
     if probe.via_ray:
         checks.append(vllm_on_workers(probe, cell.settings.preflight.vllm_source_dir))
-    compare = backend.comparable_facts  # type: ignore[attr-defined]
-    checks.append(agreement_check({n: compare(f) for n, f in probe.facts.items()}))
+    checks.append(agreement_check({n: comparable(backend, f) for n, f in probe.facts.items()}))
     return checks
 
 

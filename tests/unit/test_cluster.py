@@ -133,7 +133,9 @@ def test_ray_is_used_for_multi_node_work_a_configured_address_or_when_asked():
     assert not cluster.uses_ray(single, 2, {})
     assert cluster.uses_ray(single, 2, {"RAY_ADDRESS": "10.0.0.1:6379"})
     pre = single.settings.preflight.model_copy(update={"use_ray": True})
-    asked = dataclasses.replace(single, settings=single.settings.model_copy(update={"preflight": pre}))
+    asked = dataclasses.replace(
+        single, settings=single.settings.model_copy(update={"preflight": pre})
+    )
     assert cluster.uses_ray(asked, 2, {})
     multi = cell_of("nightly-g2", "llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc")
     assert cluster.uses_ray(multi, 8, {})
@@ -179,17 +181,6 @@ def test_the_local_probe_reports_python_env_packages_commands_and_paths(tmp_path
     assert facts["commands"]["missing"]["rc"] is None
     assert facts["paths"] == {"here": True, "gone": False, "$QUANT_CONFIG": True}
     assert "lo" in facts["interfaces"]
-
-
-def test_shared_facts_leave_out_the_env_that_may_differ_per_node():
-    facts = {"python": "3.11.7", "env": {"VLLM_HOST_IP": "10.0.0.1", "PT_HPU_LAZY_MODE": "1"},
-             "packages": {"vllm": "0.6"}, "modules": {"vllm": "/x/vllm/__init__.py"}}  # fmt: skip
-    assert cluster.shared_facts(facts, frozenset({"VLLM_HOST_IP"})) == {
-        "python": "3.11.7",
-        "env.PT_HPU_LAZY_MODE": "1",
-        "package.vllm": "0.6",
-        "module.vllm": True,
-    }
 
 
 def test_the_probe_ships_by_value_so_nodes_without_the_harness_can_run_it():

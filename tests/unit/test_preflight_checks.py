@@ -16,7 +16,6 @@ from harness.backends.gaudi import GaudiBackend
 from harness.backends.gaudi import preflight as gaudi
 from harness.cell import Cell
 from harness.cell import Stage
-from harness.cluster import NodeProbe
 from harness.errors import StageError
 from harness.matrix import load_matrix
 from harness.stages import StageContext
@@ -44,7 +43,10 @@ def node(ip: str = "10.0.0.1", **over) -> dict:
             "devices": {"rc": 0, "out": HL_SMI},
             "firmware": {"rc": 0, "out": "erom\n gaudi2 1.20.1-fw-57.2.1\n"},
             "device_status": {"rc": 0, "out": "operational\n" * 8},
-            "nic": {"rc": 0, "out": "".join(f"hl{i} port {p} up\n" for i in range(8) for p in (0, 1))},
+            "nic": {
+                "rc": 0,
+                "out": "".join(f"hl{i} port {p} up\n" for i in range(8) for p in (0, 1)),
+            },
         },
     }
     for key, value in over.items():
@@ -52,8 +54,9 @@ def node(ip: str = "10.0.0.1", **over) -> dict:
     return facts
 
 
-def probe(*nodes: dict) -> NodeProbe:
-    return NodeProbe({f"10.0.0.{i + 1}/node{i}": f for i, f in enumerate(nodes)}, via_ray=True)
+def probe(*nodes: dict) -> dict[str, dict]:
+    """Facts by node, keyed like the Ray probe's ('ip/node-id')."""
+    return {f"10.0.0.{i + 1}/node{i}": f for i, f in enumerate(nodes)}
 
 
 def cell_of(matrix: str, cell_id: str) -> Cell:
@@ -143,9 +146,9 @@ def test_this_host_is_counted_with_discovery_when_no_ray_is_used():
     backend = GaudiBackend()
     backend._inventory = Inventory("g2", 8, "8 x HL-225 (pyhlml)")
     cell = cell_of("nightly-g2", "deepseek-r1-0528/g2/tp8/fp8-kv-auto")
-    assert backend._devices(cell, NodeProbe({"local": node()})).status is CheckStatus.PASS
+    assert backend._devices(cell, {"local": node()}).status is CheckStatus.PASS
     backend._inventory = Inventory(None, 0, missing_reason="pyhlml could not initialise")
-    check = backend._devices(cell, NodeProbe({"local": node()}))
+    check = backend._devices(cell, {"local": node()})
     assert check.status is CheckStatus.FAIL and "pyhlml could not initialise" in check.message
 
 
@@ -157,7 +160,7 @@ def test_a_device_that_is_not_operational_fails_health():
 
 def test_vllm_missing_on_a_ray_worker_fails_with_the_seed_pythonpath_fix():
     worker = node("10.0.0.2", modules={"vllm": None})
-    check = stage.vllm_on_workers(probe(node(), worker), None)
+    check = stage.vllm_on_workers(stage.NodeProbe(probe(node(), worker), via_ray=True), None)
     assert check.status is CheckStatus.FAIL and "No module named 'vllm'" in check.message
     assert check.hint.startswith(
         "on those nodes: echo 'PYTHONPATH=$PYTHONPATH:/workspace/vllm-fork' | tee -a "
@@ -169,7 +172,7 @@ def test_nodes_that_disagree_fail_with_a_table_of_the_differences():
     old = node("10.0.0.2", python="3.10.4", packages={"vllm": "0.6.2"},
                commands={"devices": {"rc": 0, "out": HL_SMI.replace("1.20.1", "1.19.0")}})  # fmt: skip
     backend = GaudiBackend()
-    facts = {n: backend.comparable_facts(f) for n, f in probe(node(), old).facts.items()}
+    facts = {n: stage.comparable(backend, f) for n, f in probe(node(), old).items()}
     check = stage.agreement_check(facts)
     assert check.status is CheckStatus.FAIL
     assert set(check.facts["differences"]) == {"driver", "package.vllm", "python"}
@@ -254,3 +257,14 @@ def test_a_failed_cpu_check_fails_the_stage_with_its_fix_and_keeps_checks_json(t
     saved = json.loads((tmp_path / "checks.json").read_text())
     assert {c["name"]: c["status"] for c in saved}["memory"] == "fail"
     assert ctx.recorder.metrics["checks_fail"] == 1
+
+
+def test_shared_facts_leave_out_the_env_that_may_differ_per_node():
+    facts = {"python": "3.11.7", "env": {"VLLM_HOST_IP": "10.0.0.1", "PT_HPU_LAZY_MODE": "1"},
+             "packages": {"vllm": "0.6"}, "modules": {"vllm": "/x/vllm/__init__.py"}}  # fmt: skip
+    assert stage.shared_facts(facts, frozenset({"VLLM_HOST_IP"})) == {
+        "python": "3.11.7",
+        "env.PT_HPU_LAZY_MODE": "1",
+        "package.vllm": "0.6",
+        "module.vllm": True,
+    }

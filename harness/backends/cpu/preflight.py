@@ -57,15 +57,18 @@ class CpuPreflight:
         "backend_options.ray_address set, that cluster needs the nodes (`ray status`)"
     )
 
-    def preflight_probe(self, cell: Cell) -> cluster.NodeProbe:
-        """Facts of this host, or of every node of a (local) Ray cluster when the cell needs one."""
-        spec = {"env": list(NODE_ENV), "packages": list(PACKAGES), "modules": list(MODULES)}
-        return cluster.probe_nodes(cell, self.ray_placement(cell), spec, can_start=True)
+    starts_local_ray = True
+    per_node_env = PER_NODE_ENV
 
-    def comparable_facts(self, facts: dict[str, Any]) -> dict[str, Any]:
-        return cluster.shared_facts(facts, PER_NODE_ENV)
+    def preflight_spec(self, cell: Cell) -> dict[str, Any]:
+        """What the probe gathers on each node (harness.cluster.local_facts)."""
+        return {"env": list(NODE_ENV), "packages": list(PACKAGES), "modules": list(MODULES)}
 
-    def preflight_checks(self, cell: Cell, probe: cluster.NodeProbe) -> list[Check]:
+    def device_facts(self, facts: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def preflight_checks(self, cell: Cell, facts: Any) -> list[Check]:
+        """This host's checks (the stage adds Ray and node agreement from `facts`)."""
         settings = cell.settings.preflight
         cores = len(os.sched_getaffinity(0))
         checks = [

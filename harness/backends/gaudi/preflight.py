@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from harness.backends.base import CheckStatus
 from harness.backends.gaudi.discovery import generation_of
 from harness.cell import Cell
 from harness.process import Command
+
+Facts = Mapping[str, dict[str, Any]]  # the probe's facts by node ("local" when Ray is not used)
 
 CARDS_PER_NODE = 8
 GEN_DIR = {"g2": "gaudi2", "g3": "gaudi3"}
@@ -94,14 +97,16 @@ def _command(facts: dict[str, Any], name: str) -> tuple[int | None, str]:
     return got.get("rc"), got.get("out", "")
 
 
-def _per_node(probe: cluster.NodeProbe) -> list[tuple[str, dict[str, Any]]]:
-    return list(probe.facts.items())
+def _per_node(nodes: Facts) -> list[tuple[str, dict[str, Any]]]:
+    return list(nodes.items())
 
 
 class GaudiPreflight:
     """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
 
     ray_hint = cluster.RAY_START_HINT
+    starts_local_ray = False  # the seeds' cluster is started by hand; the harness connects
+    per_node_env = PER_NODE_ENV
 
     def ray_placement(self, cell: Cell, nodes: int | None = None) -> cluster.Placement:
         """One `{"HPU": 8}` bundle per node, STRICT_SPREAD (DESIGN: Ray and placement)."""
@@ -114,7 +119,8 @@ class GaudiPreflight:
         place = self.ray_placement(cell, cell.nodes)
         return cluster.shared(cell.backend_options, place.nodes, place.bundles[0], can_start=False)
 
-    def _spec(self, cell: Cell) -> dict[str, Any]:
+    def preflight_spec(self, cell: Cell) -> dict[str, Any]:
+        """What the probe gathers on each node: hl-smi, NIC status, env, packages, paths."""
         coll = cell.settings.collectives
         commands = {
             "devices": list(HL_SMI_DEVICES),
@@ -139,7 +145,7 @@ class GaudiPreflight:
 
     def plan_preflight(self, cell: Cell, workdir: Path) -> list[Command]:
         """What the probe runs on each node, and the Ray cluster it expects (seeds 000/003)."""
-        spec, nodes = self._spec(cell), cluster.nodes_needed(cell, CARDS_PER_NODE)
+        spec, nodes = self.preflight_spec(cell), cluster.nodes_needed(cell, CARDS_PER_NODE)
         notes = {
             "devices": "device count, generation and driver (pyhlml first on this host)",
             "firmware": "firmware versions (must match on every node)",
@@ -157,32 +163,30 @@ class GaudiPreflight:
             cmds += cluster.start_commands(nodes, head, port)
         return cmds
 
-    def preflight_probe(self, cell: Cell) -> cluster.NodeProbe:
-        return cluster.probe_nodes(cell, self.ray_placement(cell), self._spec(cell), False)
-
-    def comparable_facts(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def device_facts(self, facts: dict[str, Any]) -> dict[str, Any]:
         """Driver and firmware versions join python, packages and env in the comparison."""
-        out = cluster.shared_facts(facts, PER_NODE_ENV)
         devices = parse_devices(_command(facts, "devices")[1])
-        out["driver"] = sorted({d["driver"] for d in devices}) or None
-        out["firmware"] = firmware_versions(_command(facts, "firmware")[1]) or None
-        return out
+        return {
+            "driver": sorted({d["driver"] for d in devices}) or None,
+            "firmware": firmware_versions(_command(facts, "firmware")[1]) or None,
+        }
 
-    def preflight_checks(self, cell: Cell, probe: cluster.NodeProbe) -> list[Check]:
-        checks = [self._devices(cell, probe), _health(probe)]
+    def preflight_checks(self, cell: Cell, nodes: Facts) -> list[Check]:
+        """Checks on the probe's facts of every node (the stage adds Ray and agreement)."""
+        checks = [self._devices(cell, nodes), _health(nodes)]
         if cell.settings.preflight.nic_check:
-            checks.append(_nics(cell, probe))
+            checks.append(_nics(cell, nodes))
         if cluster.nodes_needed(cell, CARDS_PER_NODE) > 1:
-            checks += _multi_node_env(probe)
+            checks += _multi_node_env(nodes)
         if _calibrates_across_nodes(cell):
-            checks.append(_quant_config_buffer(probe))
+            checks.append(_quant_config_buffer(nodes))
         if cell.runs("collectives"):
-            checks.append(_hccl_demo(cell, probe))
+            checks.append(_hccl_demo(cell, nodes))
         if cell.device == "g2" and cell.model.architecture == "deepseek_v3":
             checks.append(converted_weights(cell))
-        checks.append(_governor(cell, probe))
+        checks.append(_governor(cell, nodes))
         for var in cell.settings.preflight.required_env:
-            unset = [n for n, f in _per_node(probe) if not f.get("env", {}).get(var)]
+            unset = [n for n, f in _per_node(nodes) if not f.get("env", {}).get(var)]
             checks.append(
                 Check(
                     f"env.{var}",
@@ -193,11 +197,11 @@ class GaudiPreflight:
             )
         return checks
 
-    def _devices(self, cell: Cell, probe: cluster.NodeProbe) -> Check:
+    def _devices(self, cell: Cell, nodes: Facts) -> Check:
         """Count and generation per node: discovery (pyhlml, else hl-smi) here, hl-smi on nodes."""
         need = CARDS_PER_NODE if cell.nodes > 1 else cell.world_size
         problems, seen = [], {}
-        for node, facts in _per_node(probe):
+        for node, facts in _per_node(nodes):
             if node == "local":
                 inv = self.inventory()  # type: ignore[attr-defined]
                 if not inv.available:
@@ -230,9 +234,9 @@ class GaudiPreflight:
         return Check("devices", status, f"{text} x {cell.device}{note}", "", {"devices": seen})
 
 
-def _health(probe: cluster.NodeProbe) -> Check:
+def _health(nodes: Facts) -> Check:
     bad, unknown = [], []
-    for node, facts in _per_node(probe):
+    for node, facts in _per_node(nodes):
         rc, out = _command(facts, "device_status")
         states = [s.strip().lower() for s in out.splitlines() if s.strip()]
         if rc != 0 or not states:
@@ -256,9 +260,9 @@ def _health(probe: cluster.NodeProbe) -> Check:
     return Check("devices.health", CheckStatus.PASS, "every device is operational")
 
 
-def _nics(cell: Cell, probe: cluster.NodeProbe) -> Check:
+def _nics(cell: Cell, nodes: Facts) -> Check:
     down, missing, ups = [], [], {}
-    for node, facts in _per_node(probe):
+    for node, facts in _per_node(nodes):
         rc, out = _command(facts, "nic")
         if rc is None or rc == 127 or "No such file" in out:
             missing.append(node)
@@ -281,12 +285,12 @@ def _nics(cell: Cell, probe: cluster.NodeProbe) -> Check:
     return Check("nic.ports", CheckStatus.PASS, f"all ports up ({ups})", "", ups)
 
 
-def _multi_node_env(probe: cluster.NodeProbe) -> list[Check]:
+def _multi_node_env(nodes: Facts) -> list[Check]:
     """GLOO_/HCCL_SOCKET_IFNAME name an interface of each node; lazy collectives on."""
     checks = []
     for var in ("GLOO_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME"):
         problems = []
-        for node, facts in _per_node(probe):
+        for node, facts in _per_node(nodes):
             value = facts.get("env", {}).get(var)
             if not value:
                 problems.append(f"{node}: not set")
@@ -304,7 +308,7 @@ def _multi_node_env(probe: cluster.NodeProbe) -> list[Check]:
             )
         )
     values = {
-        n: f.get("env", {}).get("PT_HPU_ENABLE_LAZY_COLLECTIVES") for n, f in _per_node(probe)
+        n: f.get("env", {}).get("PT_HPU_ENABLE_LAZY_COLLECTIVES") for n, f in _per_node(nodes)
     }
     wrong = {n: v for n, v in values.items() if v and v.lower() not in ("true", "1")}
     unset = [n for n, v in values.items() if not v]
@@ -333,9 +337,9 @@ def _calibrates_across_nodes(cell: Cell) -> bool:
     )
 
 
-def _quant_config_buffer(probe: cluster.NodeProbe) -> Check:
+def _quant_config_buffer(nodes: Facts) -> Check:
     """Multi-node calibration needs QUANT_CONFIG naming a file on shared storage (seed 000)."""
-    missing = [n for n, f in _per_node(probe) if not f.get("paths", {}).get("$QUANT_CONFIG")]
+    missing = [n for n, f in _per_node(nodes) if not f.get("paths", {}).get("$QUANT_CONFIG")]
     if not missing:
         return Check("quant_config.buffer", CheckStatus.PASS, "QUANT_CONFIG exists on every node")
     return Check(
@@ -347,8 +351,8 @@ def _quant_config_buffer(probe: cluster.NodeProbe) -> Check:
     )
 
 
-def _hccl_demo(cell: Cell, probe: cluster.NodeProbe) -> Check:
-    missing = [n for n, f in _per_node(probe) if not f.get("paths", {}).get("hccl_demo")]
+def _hccl_demo(cell: Cell, nodes: Facts) -> Check:
+    missing = [n for n, f in _per_node(nodes) if not f.get("paths", {}).get("hccl_demo")]
     where = cell.settings.collectives.hccl_demo_dir
     if not missing:
         return Check("hccl_demo", CheckStatus.PASS, f"{where}/run_hccl_demo.py present")
@@ -361,11 +365,11 @@ def _hccl_demo(cell: Cell, probe: cluster.NodeProbe) -> Check:
     )
 
 
-def _governor(cell: Cell, probe: cluster.NodeProbe) -> Check:
+def _governor(cell: Cell, nodes: Facts) -> Check:
     want = cell.settings.preflight.cpu_governor
     if want is None:
         return Check("cpu.governor", CheckStatus.SKIP, "not checked (preflight.cpu_governor)")
-    other = {n: f.get("cpu_governor") for n, f in _per_node(probe)}
+    other = {n: f.get("cpu_governor") for n, f in _per_node(nodes)}
     off = {n: g for n, g in other.items() if g != want}
     if not off:
         return Check("cpu.governor", CheckStatus.PASS, f"{want} on every node")
