@@ -78,6 +78,14 @@ def unified(work: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def ep4(work: Path) -> Path:
+    """EP16 unified to EP4 with -u: 4 rank-local sets of 64 experts (written by the tools)."""
+    out = work / "ep4"
+    unify(DS, out, ranks=4, expert_parallel=True, skip_scales=True)
+    return out
+
+
+@pytest.fixture(scope="module")
 def expanded16(work: Path, unified: Path) -> Path:
     out = work / "ep16"
     expand(unified, out, 16)
@@ -153,10 +161,11 @@ def test_expand_to_32_slices_eight_experts_per_rank(work: Path, unified: Path) -
 
 @pytest.mark.parametrize("ranks", [4, 8])
 def test_ep16_to_fewer_ranks_with_expert_parallel_rules(
-    work: Path, originals: list[dict[str, Any]], ranks: int
+    work: Path, ep4: Path, originals: list[dict[str, Any]], ranks: int
 ) -> None:
-    out = work / f"ep{ranks}"
-    unify(DS, out, ranks=ranks, expert_parallel=True, skip_scales=True)
+    out = ep4 if ranks == 4 else work / f"ep{ranks}"
+    if ranks != 4:
+        unify(DS, out, ranks=ranks, expert_parallel=True, skip_scales=True)
     size = 16 // ranks
     for g in (0, ranks - 1):
         doc = _load(out / f"{DS_PREFIX}_{g}_{ranks}.json")
@@ -183,14 +192,13 @@ def _member(path: Path) -> bytes:
         return zf.read("arr_0.npy")
 
 
-def test_card_groups_equal_to_rank_groups(work: Path) -> None:
-    unify(DS, work / "r4", ranks=4, expert_parallel=True, skip_scales=True)
+def test_card_groups_equal_to_rank_groups(work: Path, ep4: Path) -> None:
     groups = "--".join(",".join(str(g * 4 + k) for k in range(4)) for g in range(4))
     unify(DS, work / "g4", groups=groups, expert_parallel=True, skip_scales=True)
-    names = sorted(p.name for p in (work / "r4").iterdir())
+    names = sorted(p.name for p in ep4.iterdir())
     assert names == sorted(p.name for p in (work / "g4").iterdir())
     for n in names:
-        a, b = work / "r4" / n, work / "g4" / n
+        a, b = ep4 / n, work / "g4" / n
         assert (
             (_member(a) == _member(b)) if n.endswith(".npz") else (a.read_bytes() == b.read_bytes())
         ), n
@@ -305,13 +313,14 @@ def test_check_on_the_real_sets() -> None:
     assert ds.ok, ds.render()
     assert ds.codes() == {"expert-parallel", "unmeasured-module"}
     assert ds.sets[0]["experts_per_rank"] == LOCAL
-    assert not check(DS, world=8).ok
     gpt = check(GPT)
     assert gpt.ok and gpt.codes() == {"unmeasured-module"}
 
 
-def test_check_on_derived_real_sets(work: Path, unified: Path) -> None:
+def test_check_on_derived_real_sets(work: Path, unified: Path, ep4: Path) -> None:
     assert check(unified, world=1).ok
+    wrong = check(ep4, world=8)  # rank-local experts of EP4 cannot serve EP8
+    assert [f.code for f in wrong.errors] == ["expert-parallel"]
     expand(unified, work / "ep4-expanded", 4)  # small: checking 30k-node files costs ~0.3 s each
     report = check(work / "ep4-expanded", world=4)
     assert report.ok and "expanded" in report.codes()
@@ -333,25 +342,26 @@ def _replace(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def _ds_missing_rank(d: Path) -> None:
+def _ep4_missing_rank(d: Path) -> None:
     for ext in ("json", "npz"):
-        (d / f"{DS_PREFIX}_7_16.{ext}").unlink()
+        (d / f"{DS_PREFIX}_2_4.{ext}").unlink()
 
 
-def _ds_duplicate_rank(d: Path) -> None:
+def _ep4_duplicate_rank(d: Path) -> None:
     for ext in ("json", "npz"):
-        (d / f"{DS_PREFIX}_5_16.{ext}").unlink()
-        os.symlink(DS / f"{DS_PREFIX}_3_16.{ext}", d / f"{DS_PREFIX}_5_16.{ext}")
+        (d / f"{DS_PREFIX}_3_4.{ext}").unlink()
+        os.symlink(os.readlink(d / f"{DS_PREFIX}_1_4.{ext}"), d / f"{DS_PREFIX}_3_4.{ext}")
 
 
-def _ds_stray_world(d: Path) -> None:
-    shutil.copy(DS / f"{DS_PREFIX}_3_16.json", d / f"{DS_PREFIX}_3_8.json")
+def _ep4_stray_world(d: Path) -> None:
+    shutil.copy(DS / f"{DS_PREFIX}_3_16.json", d / f"{DS_PREFIX}_3_16.json")
 
 
-def _ds_node_missing(d: Path) -> None:
-    doc = _load(DS / f"{DS_PREFIX}_9_16.json")
+def _ep4_node_missing(d: Path) -> None:
+    doc = _load(d / f"{DS_PREFIX}_1_4.json")
     doc["Nodes"].pop("model.layers.30.mlp.shared_experts.down_proj")
-    _replace(d / f"{DS_PREFIX}_9_16.json", json.dumps(doc))
+    _replace(d / f"{DS_PREFIX}_1_4.json", json.dumps(doc))
+    (d / f"{DS_PREFIX}_1_4.npz").unlink()  # (its stale NPZ would be a second finding)
 
 
 def _gpt_edit(fn, npz: bool = True):
@@ -415,10 +425,10 @@ def _gpt_gaudi3_scales(d: Path) -> None:
 
 _MOE = "model.layers.4.mlp.experts.moe_op"
 CORRUPTIONS = [
-    ("ds-missing-rank", DS, _ds_missing_rank, "missing-rank", Severity.ERROR),
-    ("ds-duplicate-rank", DS, _ds_duplicate_rank, "duplicate-rank", Severity.ERROR),
-    ("ds-stray-world", DS, _ds_stray_world, "world-mismatch", Severity.ERROR),
-    ("ds-node-missing", DS, _ds_node_missing, "node-set-differs", Severity.ERROR),
+    ("ep4-missing-rank", None, _ep4_missing_rank, "missing-rank", Severity.ERROR),
+    ("ep4-duplicate-rank", None, _ep4_duplicate_rank, "duplicate-rank", Severity.ERROR),
+    ("ep4-stray-world", None, _ep4_stray_world, "world-mismatch", Severity.ERROR),
+    ("ep4-node-missing", None, _ep4_node_missing, "node-set-differs", Severity.ERROR),
     (
         "gpt-nan",
         GPT,
@@ -459,9 +469,9 @@ CORRUPTIONS = [
     ("name", "source", "corrupt", "code", "severity"), CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS]
 )
 def test_check_detects_each_corruption(
-    work: Path, name: str, source: Path, corrupt, code: str, severity: Severity
+    work: Path, ep4: Path, name: str, source: Path | None, corrupt, code: str, severity: Severity
 ) -> None:
-    d = _linked_copy(source, work / f"corrupt-{name}")
+    d = _linked_copy(source or ep4, work / f"corrupt-{name}")
     corrupt(d)
     report = check(d, device="g2")
     found = [f for f in report.findings if f.code == code]
