@@ -25,6 +25,11 @@ from harness.stages import preflight as stage
 HL_SMI = "\n".join(f"{i}, HL-225, 0000:{16 * i + 16:02x}:00.0, 1.20.1-97ec1a4" for i in range(8))
 
 
+@pytest.fixture(autouse=True)
+def _no_cluster_env(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a configured cluster would be used
+
+
 def node(ip: str = "10.0.0.1", **over) -> dict:
     facts = {
         "python": "3.10.12",
