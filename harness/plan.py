@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def render_plan(pairs: Iterable[tuple[Cell, Stage]], backend: Backend, run_dir: 
             lines.append("    (runs in-process in the harness; no external command)")
         for cmd in commands:
             where = f"node {cmd.node}: " if cmd.node is not None else ""
+            if cmd.cwd:
+                where += f"cd {shlex.quote(cmd.cwd)} && "
             if cmd.description:
                 lines.append(f"    # {cmd.description}")
             lines.append(f"    $ {where}{cmd.shell()}")

@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,15 +52,20 @@ class CommandFailed(HarnessError):
 _live_groups: set[int] = set()
 
 
-def _kill_group(pgid: int, grace_s: float = 5.0) -> None:
-    """SIGTERM the group, wait up to `grace_s`, then SIGKILL what is left."""
+def _kill_group(pgid: int, grace_s: float = 5.0, reap: Callable[[], object] | None = None) -> None:
+    """SIGTERM the group, wait up to `grace_s`, then SIGKILL what is left.
+
+    `reap` (our child's poll) is called while waiting: a leader that exited stays a zombie, and
+    so a member of the group, until its parent reaps it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
+        if reap is not None:
+            reap()
         if not _group_alive(pgid):
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
     _live_groups.discard(pgid)
@@ -140,7 +146,7 @@ class ManagedProcess:
             raise
 
     def stop(self, grace_s: float = 5.0) -> None:
-        _kill_group(self.pgid, grace_s)
+        _kill_group(self.pgid, grace_s, reap=self.popen.poll)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=grace_s)
         self._log.close()

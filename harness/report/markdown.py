@@ -11,7 +11,7 @@ STATUS_MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "skip"}
 # The metrics that matter most per stage, shown in the table cell (others stay in results.jsonl).
 KEY_METRICS: dict[str, tuple[str, ...]] = {
     "preflight": ("checks_fail",),
-    "collectives": ("busbw_gbps", "algbw_gbps"),
+    "collectives": ("busbw_gbps", "algbw_gbps", "nw_bandwidth_gbps", "algo_bandwidth_gbps"),
     "calibration": ("nodes_measured", "experts_covered", "calibration_s"),
     "serving": ("ready_s",),
     "accuracy": ("exact_match_strict", "exact_match_flexible"),
