@@ -105,7 +105,7 @@ class GaudiCalibration:
     def _python(self, job: CalibrationJob, script: str, *args: str,
                 description: str) -> Command:
         scripts = self._scripts(job)
-        return Command(("python3", script, *args), description=f"{description} (in {scripts})",
+        return Command(("python3", script, *args), description=description,
                        cwd=str(scripts), node=0 if job.tp > CARDS_PER_NODE else None)
 
     def calibration_recipe(self, job: CalibrationJob, derivation: Derivation | None) -> Recipe:
@@ -149,8 +149,7 @@ class GaudiCalibration:
         steps.append(Step("calibrate_model.sh", (Command(
             tuple(argv), env=env, cwd=str(scripts), node=node,
             description="calibrate_model.sh: prepare, measure, postprocess, quantize"
-            + (f", unify to {derivation.unify_ranks}" if fused and derivation else "")
-            + f" (in {scripts})"),)))
+            + (f", unify to {derivation.unify_ranks}" if fused and derivation else "")),)))
         layout = job.layout
         return Recipe(tuple(steps), layout.measurement_dir, layout.quant_config, job.world,
                       derivation=derivation.name if fused and derivation else None)
