@@ -13,8 +13,9 @@ AutoRound's. This plugin gives the CPU build the Gaudi behaviour:
 On CPU, INC quantizes only in QDQ form (`use_qdq: true`): FP8 values and scales are real
 (e4m3, the cell's measured input scales, per-channel or per-tensor weight scales), the matmul
 then runs in BF16 on the dequantized values. vLLM's MoE experts (a fused 3-D op on CPU) are not
-INC-patchable; `moe_qdq` rounds their weights (per expert and channel) and the MoE block's input
-(measured scale) through FP8, and the coverage is logged. When the host cannot keep an FP8 KV
+INC-patchable; harness/serving/cpu_moe.py rounds their weights (per expert and channel, before
+vLLM repacks them) and their input (measured scale) through FP8, and fixes vLLM CPU's expert
+parallelism (its fused-MoE kernel ignores the expert map). When the host cannot keep an FP8 KV
 cache (vLLM CPU needs AVX-512 for it), `kv_cache_qdq` rounds K/V through FP8 instead.
 
 vLLM finds the plugin through the `vllm.general_plugins` entry point in
@@ -30,6 +31,11 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from harness.serving.cpu_moe import fp8_moe_method
+from harness.serving.cpu_moe import input_qdq_hooks
+from harness.serving.cpu_moe import install_ep_fix
+from harness.serving.cpu_moe import qdq
 
 ENTRY_POINT = "harness_inc"
 READY_MARK = "Preparing model with INC"
@@ -48,6 +54,7 @@ def register() -> None:
     _REGISTERED = True
     _register_quant_config()
     _patch_cpu_model_runner()
+    install_ep_fix()
 
 
 def _register_quant_config() -> None:
@@ -87,8 +94,20 @@ def _register_quant_config() -> None:
             if isinstance(layer, LinearBase):
                 return UnquantizedLinearMethod()
             if isinstance(layer, RoutedExperts):
-                return UnquantizedFusedMoEMethod(layer.moe_config)
+                method = fp8_moe_method(UnquantizedFusedMoEMethod) if _quantize_mode() else (
+                    UnquantizedFusedMoEMethod
+                )
+                return method(layer.moe_config)
             return None
+
+
+def _quantize_mode() -> bool:
+    """True when QUANT_CONFIG asks INC to quantize (not to measure)."""
+    try:
+        cfg = json.loads(Path(os.environ.get("QUANT_CONFIG", "")).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return str(cfg.get("mode", "")).upper() == "QUANTIZE"
 
 
 def _patch_cpu_model_runner() -> None:
@@ -175,8 +194,10 @@ def apply_inc(model: Any) -> Any:
     elif config.quantize:
         model = convert(model, config)
         ranges = _range_nodes(json.loads(path.read_text(encoding="utf-8")))
-        experts = moe_qdq(model, ranges)
-        logger.info("INC: %d MoE blocks with FP8 expert weights and inputs (QDQ)", experts)
+        hooked, missing = input_qdq_hooks(model, ranges)
+        if hooked or missing:
+            logger.info("INC: %d MoE ops with FP8 expert weights and inputs (QDQ), %d without "
+                        "a measured input range", hooked, missing)
     patched = sum(1 for m in model.modules() if type(m).__name__.startswith("Patched"))
     logger.info("INC %s: %d modules patched", "measure" if config.measure else "quantize", patched)
     return model
@@ -202,80 +223,6 @@ def _range_nodes(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")).get("Nodes", {})
 
 
-def _qdq(x: Any, scale: float, dtype: Any) -> Any:
-    return ((x / scale).to(dtype).to(x.dtype)) * scale
-
-
-def _pow2_scale(maxabs: float, full_scale: float, backoff: float = 0.25) -> float:
-    import math
-
-    return 2.0 ** math.ceil(math.log2(max(maxabs, 1e-12) / (full_scale * backoff)))
-
-
-def moe_qdq(model: Any, ranges: dict[str, Any]) -> int:
-    """FP8 (QDQ) for vLLM's fused MoE experts, which INC cannot patch on CPU.
-
-    Expert weights are rounded through FP8 e4m3 with per-expert, per-output-channel scales;
-    the MoE block's input is rounded with the per-tensor scale of the measured
-    `<block>.experts.moe_op` input range (the calibration names the block `mlp`).
-    """
-    import torch
-    from vllm.model_executor.layers.fused_moe import RoutedExperts
-
-    fp8 = torch.float8_e4m3fn
-    full_scale = torch.finfo(fp8).max
-    blocks = 0
-    parents = {id(c): (name, m) for name, m in model.named_modules() for c in m.children()}
-    for module in model.modules():
-        if not isinstance(module, RoutedExperts):
-            continue
-        for attr in ("w13_weight", "w2_weight"):
-            weight = getattr(module, attr, None)
-            if weight is None:
-                continue
-            with torch.no_grad():
-                amax = weight.detach().abs().amax(dim=-1, keepdim=True).float().clamp_min(1e-12)
-                scale = amax / full_scale
-                weight.copy_((((weight.float() / scale).to(fp8)).float() * scale).to(weight.dtype))
-        block_name, block = parents.get(id(module), (None, None))
-        node = _moe_node(block_name or "", ranges)  # block: the experts op, called with
-        # (hidden_states, router_logits): its input is the experts' input, not the router's
-        if block is not None and node is not None:
-            scale = _pow2_scale(float(node["inputs"][0][0][0]), full_scale)
-            block.register_forward_pre_hook(_input_qdq_hook(scale, fp8), with_kwargs=True)
-        elif block is not None:
-            logger.warning("INC: no measured input range for MoE block %s", block_name)
-        blocks += 1
-    return blocks
-
-
-def _moe_node(module_name: str, ranges: dict[str, Any]) -> dict[str, Any] | None:
-    """The measured MoE op of the layer `module_name` belongs to (the calibration names the
-    block `mlp`, vLLM's Mixtral `block_sparse_moe`): `model.layers.<i>...experts.moe_op`."""
-    import re
-
-    match = re.search(r"layers\.(\d+)\.", module_name)
-    if match is None:
-        return None
-    layer = f"layers.{match.group(1)}."
-    keys = sorted(k for k in ranges if layer in k and k.endswith("experts.moe_op"))
-    for key in keys:
-        if ranges[key].get("inputs"):
-            return ranges[key]
-    return None
-
-
-def _input_qdq_hook(scale: float, dtype: Any) -> Any:
-    def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if args:
-            return (_qdq(args[0], scale, dtype), *args[1:]), kwargs
-        if "hidden_states" in kwargs:
-            kwargs = {**kwargs, "hidden_states": _qdq(kwargs["hidden_states"], scale, dtype)}
-        return args, kwargs
-
-    return hook
-
-
 def kv_cache_qdq(model: Any, kv_dtype: str) -> int:
     """Round K and V through FP8 before attention, as an FP8 KV cache would store them.
 
@@ -295,7 +242,7 @@ def kv_cache_qdq(model: Any, kv_dtype: str) -> int:
         q, k, v = args[:3]
         ks = float(getattr(module, "_k_scale_float", 1.0) or 1.0)
         vs = float(getattr(module, "_v_scale_float", 1.0) or 1.0)
-        return (q, _qdq(k, ks, dtype), _qdq(v, vs, dtype), *args[3:]), kwargs
+        return (q, qdq(k, ks, dtype), qdq(v, vs, dtype), *args[3:]), kwargs
 
     layers = 0
     for module in model.modules():

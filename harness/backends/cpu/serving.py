@@ -85,11 +85,14 @@ class CpuServing:
         kv = cell.kv_cache_dtype if kv_mode in ("auto", "native") else (
             f"{cell.kv_cache_dtype} emulated (QDQ into a BF16 cache: this CPU lacks AVX-512/AMX)"
         )
-        return {
+        facts = {
             "weights": "fp8 via INC convert (QDQ on CPU)" if cell.is_fp8 else "bf16",
             "kv_cache": kv,
             "emulated": ",".join(emulated) or "none",
         }
+        if cell.ep > 1:
+            facts["vllm_fix"] = "expert-parallel routing (harness plugin; vLLM CPU ignores it)"
+        return facts
 
     # serving -------------------------------------------------------------------------------
     def serve_env(self, cell: Cell, calibration: Any) -> dict[str, str]:
@@ -103,9 +106,10 @@ class CpuServing:
                 str(calibration.quant_config) if calibration is not None
                 else QUANT_CONFIG_PLACEHOLDER
             )
-        if cell.is_fp8 or self.kv_cache_mode(cell) == "emulated":
-            paths = [str(PLUGIN_ENTRY_DIR), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
-            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        # the harness's vLLM plugin: INC for --quantization inc, the FP8 KV emulation and
+        # vLLM CPU's expert-parallel fix; inert for what a cell does not use
+        paths = [str(PLUGIN_ENTRY_DIR), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         if self.kv_cache_mode(cell) == "emulated":
             env[KV_QDQ_ENV] = cell.kv_cache_dtype
         env.update(cell.settings.serving.env)
