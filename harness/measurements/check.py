@@ -36,26 +36,24 @@ stale-scales              warning   scale files older than their range files
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass
-from dataclasses import field as dc_field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from harness.errors import MeasurementError
-from harness.measurements import moe
-from harness.measurements.layout import LIST
+from harness.measurements.device import DEVICES
+from harness.measurements.device import check_scales
+from harness.measurements.device import infer_device
+from harness.measurements.experts import check_experts
 from harness.measurements.layout import Layout
-from harness.measurements.layout import field
 from harness.measurements.layout import struct_items
 from harness.measurements.model import Entry
+from harness.measurements.model import FileGroup
 from harness.measurements.model import MeasurementFile
-from harness.measurements.model import _ranks_text
+from harness.measurements.model import group_files
 from harness.measurements.model import read_json
 from harness.measurements.model import read_mod_list
 from harness.measurements.model import read_npz
@@ -65,90 +63,14 @@ from harness.measurements.naming import Kind
 from harness.measurements.naming import parse_file_name
 from harness.measurements.npzio import NpzEncoder
 from harness.measurements.npzio import has_stream
+from harness.measurements.report import LIST_MAX
+from harness.measurements.report import CheckReport
+from harness.measurements.report import Finding
+from harness.measurements.report import Severity
+from harness.measurements.report import listing
+from harness.measurements.report import ranks_text
 
-DEVICES = ("g2", "g3")
-_G2_EXPONENTS = {-8, -4, 0, 4}  # Gaudi2 hardware-aligned scales: step 4 in [2^-8, 2^4]
-_LIST_MAX = 5
-
-
-class Severity(StrEnum):
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: Severity
-    code: str
-    message: str
-    location: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {
-            "severity": self.severity.value,
-            "code": self.code,
-            "message": self.message,
-            "location": self.location,
-        }
-
-
-@dataclass
-class CheckReport:
-    """Findings of :func:`check` plus a summary of each set it looked at."""
-
-    path: str
-    device: str | None = None
-    findings: list[Finding] = dc_field(default_factory=list)
-    sets: list[dict[str, Any]] = dc_field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity is Severity.ERROR]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity is Severity.WARNING]
-
-    @property
-    def ok(self) -> bool:
-        """No errors (warnings allowed)."""
-        return not self.errors
-
-    def codes(self) -> set[str]:
-        return {f.code for f in self.findings}
-
-    def add(self, severity: Severity, code: str, message: str, location: Path | str) -> None:
-        self.findings.append(Finding(severity, code, message, str(location)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "device": self.device,
-            "ok": self.ok,
-            "errors": len(self.errors),
-            "warnings": len(self.warnings),
-            "findings": [f.to_dict() for f in self.findings],
-            "sets": self.sets,
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def render(self) -> str:
-        """Text for the terminal."""
-        lines = [f"check {self.path}: {len(self.errors)} errors, {len(self.warnings)} warnings"]
-        for s in self.sets:
-            what = f"{s['kind']} ({s['method']})" if s.get("method") else s["kind"]
-            lines.append(f"  set {s['prefix']} {what}, world {s['world']}: {s['summary']}")
-        order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
-        for f in sorted(self.findings, key=lambda f: order[f.severity]):
-            lines.append(f"  {f.severity.value:<7} {f.code}: {f.message}")
-            lines.append(f"          at {f.location}")
-        return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
+__all__ = ["DEVICES", "CheckReport", "Finding", "Severity", "check", "infer_device"]
 
 
 def _locate(layout: Layout, pos: int) -> str:
@@ -166,45 +88,16 @@ def _locate(layout: Layout, pos: int) -> str:
 
 
 def _where(layout: Layout, positions: np.ndarray) -> str:
-    names = [_locate(layout, int(p)) for p in positions[: _LIST_MAX + 1]]
+    names = [_locate(layout, int(p)) for p in positions[: LIST_MAX + 1]]
     return (
-        _listing(names)
-        if positions.size <= _LIST_MAX
-        else ", ".join(names[:_LIST_MAX]) + (f" (+{positions.size - _LIST_MAX} more)")
+        listing(names)
+        if positions.size <= LIST_MAX
+        else ", ".join(names[:LIST_MAX]) + (f" (+{positions.size - LIST_MAX} more)")
     )
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_LIST_MAX])
-    return shown + (f" (+{len(items) - _LIST_MAX} more)" if len(items) > _LIST_MAX else "")
 
 
 def _pattern(name: str) -> str:
     return re.sub(r"(?<=\.)\d+(?=\.|$)", "N", name)
-
-
-@dataclass
-class _Group:
-    base: str
-    kind: Kind
-    method: str | None
-    world: int
-    entries: dict[int, dict[str, Entry]]
-
-    @property
-    def complete(self) -> bool:
-        return set(self.entries) == set(range(self.world))
-
-
-def _groups(entries: list[Entry]) -> dict[tuple[str, Kind, str | None], dict[int, _Group]]:
-    out: dict[tuple[str, Kind, str | None], dict[int, _Group]] = {}
-    for e in entries:
-        key = (e.name.base, e.name.kind, e.name.method)
-        g = out.setdefault(key, {}).setdefault(
-            e.name.world, _Group(e.name.base, e.name.kind, e.name.method, e.name.world, {})
-        )
-        g.entries.setdefault(e.name.rank, {})[e.name.ext] = e
-    return out
 
 
 def check(
@@ -256,7 +149,7 @@ def check(
             "dump_stats_path expect one set per directory; move the others out",
             directory,
         )
-    groups = _groups(data)
+    groups = group_files(data)
     for (base, kind, _method), by_world in sorted(
         groups.items(), key=lambda kv: (kv[0][0], kv[0][1] is Kind.SCALES, kv[0][2] or "")
     ):
@@ -274,7 +167,7 @@ def check(
             )
             worlds = [world]
         elif len(worlds) > 1:
-            text = "; ".join(f"world {w}: ranks {_ranks_text(by_world[w].entries)}" for w in worlds)
+            text = "; ".join(f"world {w}: ranks {ranks_text(by_world[w].entries)}" for w in worlds)
             if len(complete) == len(worlds):
                 report.add(
                     Severity.INFO,
@@ -299,7 +192,7 @@ def check(
     return report
 
 
-def _load(report: CheckReport, g: _Group, directory: Path) -> dict[int, MeasurementFile]:
+def _load(report: CheckReport, g: FileGroup, directory: Path) -> dict[int, MeasurementFile]:
     loaded: dict[int, MeasurementFile] = {}
     encoder: NpzEncoder | None = None
     for rank in sorted(g.entries):
@@ -356,7 +249,7 @@ def _load(report: CheckReport, g: _Group, directory: Path) -> dict[int, Measurem
         report.add(
             Severity.ERROR,
             "missing-rank",
-            f"{g.base} {g.kind.value}: ranks {_ranks_text(missing)} of world {g.world} are missing "
+            f"{g.base} {g.kind.value}: ranks {ranks_text(missing)} of world {g.world} are missing "
             f"({len(g.entries)} present): copy them from the calibration output",
             directory,
         )
@@ -403,12 +296,12 @@ def _aligned(f: MeasurementFile, layout: Layout) -> np.ndarray:
 
 def _check_group(
     report: CheckReport,
-    g: _Group,
+    g: FileGroup,
     directory: Path,
     mod_entries: list[Entry],
     device: str | None,
     target_world: int | None,
-    groups: dict[tuple[str, Kind, str | None], dict[int, _Group]],
+    groups: dict[tuple[str, Kind, str | None], dict[int, FileGroup]],
 ) -> None:
     loaded = _load(report, g, directory)
     summary: dict[str, Any] = {
@@ -428,10 +321,10 @@ def _check_group(
     first = loaded[min(loaded)]
     summary["nodes"] = len(first.layout)
     if g.kind is Kind.RANGES:
-        status = _moe(report, g, loaded, target_world, summary)
+        status = check_experts(report, g, loaded, target_world, summary)
         _mod_lists(report, g, loaded, mod_entries)
     else:
-        status = _scales(report, g, loaded, directory, device, groups, summary)
+        status = check_scales(report, g, loaded, directory, device, groups, summary)
     summary["summary"] = f"{summary['nodes']} nodes, " + status
     if (
         target_world is not None
@@ -452,7 +345,7 @@ def _check_group(
         )
 
 
-def _ranks(report: CheckReport, g: _Group, loaded: dict[int, MeasurementFile]) -> None:
+def _ranks(report: CheckReport, g: FileGroup, loaded: dict[int, MeasurementFile]) -> None:
     claimed: dict[Any, list[int]] = defaultdict(list)
     for rank, f in loaded.items():
         lr = f.local_rank
@@ -478,7 +371,7 @@ def _ranks(report: CheckReport, g: _Group, loaded: dict[int, MeasurementFile]) -
             report.add(
                 Severity.ERROR,
                 "duplicate-rank",
-                f"{len(ranks)} files hold LocalRank {lr} (file ranks {_ranks_text(ranks)}): "
+                f"{len(ranks)} files hold LocalRank {lr} (file ranks {ranks_text(ranks)}): "
                 "one rank was copied over another; restore the calibration output",
                 loaded[ranks[0]].path.parent,
             )
@@ -498,9 +391,9 @@ def _nodes(report: CheckReport, loaded: dict[int, MeasurementFile]) -> None:
         if missing or extra:
             parts = []
             if missing:
-                parts.append(f"lacks {len(missing)} nodes of rank {ref_rank} ({_listing(missing)})")
+                parts.append(f"lacks {len(missing)} nodes of rank {ref_rank} ({listing(missing)})")
             if extra:
-                parts.append(f"has {len(extra)} nodes rank {ref_rank} lacks ({_listing(extra)})")
+                parts.append(f"has {len(extra)} nodes rank {ref_rank} lacks ({listing(extra)})")
             report.add(
                 Severity.ERROR,
                 "node-set-differs",
@@ -519,12 +412,12 @@ def _nodes(report: CheckReport, loaded: dict[int, MeasurementFile]) -> None:
                 Severity.ERROR,
                 "shape-differs",
                 f"rank {rank}: {len(differ)} nodes have other shapes than on rank {ref_rank} "
-                f"({_listing(differ)})",
+                f"({listing(differ)})",
                 f.path,
             )
 
 
-def _values(report: CheckReport, g: _Group, loaded: dict[int, MeasurementFile]) -> None:
+def _values(report: CheckReport, g: FileGroup, loaded: dict[int, MeasurementFile]) -> None:
     what = "max-abs" if g.kind is Kind.RANGES else "scale"
     for _rank, f in sorted(loaded.items()):
         bad = np.flatnonzero(~np.isfinite(f.values))
@@ -547,107 +440,8 @@ def _values(report: CheckReport, g: _Group, loaded: dict[int, MeasurementFile]) 
             )
 
 
-def _moe(
-    report: CheckReport,
-    g: _Group,
-    loaded: dict[int, MeasurementFile],
-    target_world: int | None,
-    summary: dict[str, Any],
-) -> str:
-    """MoE checks of a range set; returns the status text."""
-    first = loaded[min(loaded)]
-    per_op = moe.experts_per_op(first.layout.names)
-    ops: list[tuple[int, int]] = []  # (node index, per-expert count)
-    for i, name in enumerate(first.layout.names):
-        if moe.is_moe_op(name):
-            out = field(first.layout.structs[i], "outputs")
-            if out is not None and out[1] == LIST and len(out[2]) > 1:
-                ops.append((i, len(out[2]) - 1))
-    summary["moe_ops"] = len(ops)
-    if not ops:
-        return "no MoE ops"
-    counts = sorted({c for _i, c in ops})
-    n_experts = sorted({len(per_op.get(first.layout.names[i], ())) for i, _c in ops})
-    expanded = bool(per_op) and any(len(per_op.get(first.layout.names[i], ())) > c for i, c in ops)
-    summary["experts_per_rank"] = counts[-1]
-    # experts never routed
-    zero: dict[str, list[str]] = defaultdict(list)
-    for rank, f in sorted(loaded.items()):
-        index = f.layout.index()
-        for i0, c in ops:
-            name = first.layout.names[i0]
-            node = index.get(name)
-            if node is None:
-                continue
-            items = [it for it in struct_items(f.layout.structs[node]) if it[0] == "outputs"][1:]
-            base = int(f.layout.offsets[node])
-            for k, (_key, _idx, start, size, _shape) in enumerate(items):
-                if not f.values[base + start : base + start + size].any():
-                    if expanded:
-                        zero[name].append(str(rank * c + k))
-                    elif g.world > 1:
-                        zero[name].append(f"rank {rank}: {k}")
-                    else:
-                        zero[name].append(str(k))
-    for name, experts in zero.items():
-        report.add(
-            Severity.WARNING,
-            "unrouted-expert",
-            f"{name}: {len(experts)} experts have intermediate amax 0, never routed during "
-            f"calibration (experts {_listing(experts)}): the calibration data set is too small "
-            "or too narrow; "
-            "calibrate with more and more varied samples",
-            first.path.parent,
-        )
-    if expanded:
-        report.add(
-            Severity.INFO,
-            "expanded",
-            f"expanded set: every rank holds all {n_experts[-1]} experts and its "
-            f"{counts[-1]}-expert slice of the amax (serves at EP{g.world})",
-            first.path.parent,
-        )
-        if target_world is not None and target_world != g.world:
-            report.add(
-                Severity.ERROR,
-                "target-world",
-                f"expanded for world {g.world}, the target is {target_world}: "
-                f"expand the unified set with -w {target_world}",
-                first.path.parent,
-            )
-        return f"{len(ops)} MoE ops, expanded ({counts[-1]} of {n_experts[-1]} experts per rank)"
-    if g.world == 1:
-        return f"{len(ops)} MoE ops, {counts[-1]} experts (single rank: expand -w N for EP)"
-    same_experts = (
-        len(
-            {
-                tuple(
-                    sorted(
-                        moe.experts_per_op(f.layout.names).get(first.layout.names[ops[0][0]], ())
-                    )
-                )
-                for f in loaded.values()
-            }
-        )
-        == 1
-    )
-    if same_experts:
-        text = (
-            f"each of the {g.world} ranks holds experts 0-{counts[-1] - 1} of every MoE layer "
-            "and the set was never unified: from an expert-parallel calibration (DeepSeek always "
-            f"is) these are rank-local experts and the set serves only at EP{g.world}; for another "
-            "size run unify -r 1 -u, then expand -w N (unify without -u would max different "
-            "experts together)"
-        )
-        if target_world is not None and target_world != g.world:
-            report.add(Severity.ERROR, "expert-parallel", text, first.path.parent)
-        else:
-            report.add(Severity.WARNING, "expert-parallel", text, first.path.parent)
-    return f"{len(ops)} MoE ops, {counts[-1]} experts per rank (expert-parallel layout)"
-
-
 def _mod_lists(
-    report: CheckReport, g: _Group, loaded: dict[int, MeasurementFile], mod_entries: list[Entry]
+    report: CheckReport, g: FileGroup, loaded: dict[int, MeasurementFile], mod_entries: list[Entry]
 ) -> None:
     lists = {
         e.name.rank: e for e in mod_entries if e.name.base == g.base and e.name.world == g.world
@@ -682,91 +476,13 @@ def _mod_lists(
         for n in missing:
             patterns[_pattern(n)] += 1
         top = sorted(patterns.items(), key=lambda kv: (-kv[1], kv[0]))
-        text = _listing([f"{p} (x{c})" for p, c in top])
+        text = listing([f"{p} (x{c})" for p, c in top])
         report.add(
             Severity.WARNING,
             "unmeasured-module",
             f"{len(missing)} modules of the module list have no measurement "
-            f"(ranks {_ranks_text(ranks)}): {text}; INC patched them but never saw them run: "
+            f"(ranks {ranks_text(ranks)}): {text}; INC patched them but never saw them run: "
             "expected for modules this configuration does not call (softmax beside fused "
             "attention, MoE containers), else the calibration did not exercise them",
             where[missing],
         )
-
-
-def infer_device(
-    files: list[MeasurementFile], method: str | None, directory: Path
-) -> tuple[str | None, str]:
-    """The Gaudi generation scale files were computed for, and how that was told."""
-    if method and "HW" in method.split("_"):
-        vals = np.concatenate([f.values for f in files]) if files else np.zeros(0)
-        vals = vals[np.isfinite(vals) & (vals > 0)]
-        if vals.size:
-            exps = np.log2(vals)
-            if np.all(exps == np.round(exps)):
-                uniq = {int(e) for e in np.unique(exps)}
-                outside = sorted(uniq - _G2_EXPONENTS)
-                if outside:
-                    return (
-                        "g3",
-                        f"hardware-aligned scales such as 2^{outside[0]} exist only on Gaudi3",
-                    )
-                if vals.size >= 16 and len(uniq) >= 2:
-                    return "g2", "every hardware-aligned scale is one of Gaudi2's 2^-8, 2^-4, 1, 16"
-    for part in reversed(directory.resolve().parts):
-        if part.lower() in DEVICES:
-            return part.lower(), f"the directory is named {part}"
-    return None, ""
-
-
-def _scales(
-    report: CheckReport,
-    g: _Group,
-    loaded: dict[int, MeasurementFile],
-    directory: Path,
-    device: str | None,
-    groups: dict[tuple[str, Kind, str | None], dict[int, _Group]],
-    summary: dict[str, Any],
-) -> str:
-    found, basis = infer_device(list(loaded.values()), g.method, directory)
-    summary["device"] = found
-    where = next(iter(loaded.values())).path.parent
-    if device is not None:
-        if found is None:
-            report.add(
-                Severity.INFO,
-                "device-unknown",
-                f"cannot tell which Gaudi the {g.method} scales were computed for",
-                where,
-            )
-        elif found != device:
-            full = {"g2": 240, "g3": 448}
-            report.add(
-                Severity.ERROR,
-                "device-mismatch",
-                f"the {g.method} scale files were computed for {found} ({basis}) but the target "
-                f"is {device}: the FP8 full scale differs ({full[found]} vs {full[device]}); "
-                "delete the scale files so INC recomputes them on the target (or set "
-                "recalc_scales: true)",
-                where,
-            )
-    ranges = groups.get((g.base, Kind.RANGES, None), {}).get(g.world)
-    if ranges is not None:
-        stale = []
-        for rank in loaded:
-            src = ranges.entries.get(rank, {})
-            src_time = max((e.path.stat().st_mtime for e in src.values()), default=None)
-            own = max(e.path.stat().st_mtime for e in g.entries[rank].values())
-            if src_time is not None and own < src_time - 1.0:
-                stale.append(rank)
-        if stale:
-            report.add(
-                Severity.WARNING,
-                "stale-scales",
-                f"{g.method} scale files of ranks {_ranks_text(stale)} are older than their range "
-                "files: "
-                "INC reuses existing scale files unless recalc_scales is true, so new measurements "
-                "would be ignored; delete the scale files or set recalc_scales: true",
-                where,
-            )
-    return f"scales for {found or 'an unknown device'}" + (f" ({basis})" if found else "")

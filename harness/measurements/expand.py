@@ -24,11 +24,9 @@ from harness.measurements.layout import Layout
 from harness.measurements.layout import field
 from harness.measurements.layout import replace_field
 from harness.measurements.layout import struct_items
-from harness.measurements.model import Encoders
 from harness.measurements.model import Entry
 from harness.measurements.model import MeasurementFile
 from harness.measurements.model import Selection
-from harness.measurements.model import SetWriter
 from harness.measurements.model import read_json
 from harness.measurements.model import read_mod_list
 from harness.measurements.model import read_npz
@@ -37,6 +35,8 @@ from harness.measurements.model import select
 from harness.measurements.naming import Kind
 from harness.measurements.outcome import Outcome
 from harness.measurements.outcome import Timings
+from harness.measurements.writer import Encoders
+from harness.measurements.writer import SetWriter
 
 
 class _MoeOp:

@@ -9,7 +9,6 @@ from its JSON (the tools' source) or, when there is none, from its NPZ (what INC
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -21,8 +20,6 @@ from harness.errors import MeasurementError
 from harness.measurements import jsonio
 from harness.measurements import npzio
 from harness.measurements.layout import Layout
-from harness.measurements.layout import from_json_nodes
-from harness.measurements.layout import from_npz_nodes
 from harness.measurements.layout import node_doc
 from harness.measurements.layout import nodes_doc
 from harness.measurements.naming import RANK_RULE
@@ -31,6 +28,9 @@ from harness.measurements.naming import Kind
 from harness.measurements.naming import looks_like_measurement
 from harness.measurements.naming import parse_file_name
 from harness.measurements.outcome import Timings
+from harness.measurements.parse import from_json_nodes
+from harness.measurements.parse import from_npz_nodes
+from harness.measurements.report import ranks_text
 
 
 @dataclass
@@ -141,22 +141,6 @@ def _matches_prefix(base: str, prefix: str) -> bool:
     return base == prefix or base.startswith(prefix + "_hooks_")
 
 
-def _ranks_text(ranks: Iterable[int]) -> str:
-    rs = sorted(set(ranks))
-    if not rs:
-        return "none"
-    spans: list[str] = []
-    start = prev = rs[0]
-    for r in [*rs[1:], None]:
-        if r is not None and r == prev + 1:
-            prev = r
-            continue
-        spans.append(str(start) if start == prev else f"{start}-{prev}")
-        if r is not None:
-            start = prev = r
-    return ", ".join(spans)
-
-
 def bad_name_error(path: Path) -> MeasurementError:
     return MeasurementError(
         path,
@@ -219,7 +203,7 @@ def select(found: Scan, sel: Selection) -> tuple[str, str | None, int, dict[int,
     if world is None:
         if len(worlds) > 1:
             ranks = {w: [e.name.rank for e in of_method if e.name.world == w] for w in worlds}
-            groups = "; ".join(f"world {w}: ranks {_ranks_text(ranks[w])}" for w in worlds)
+            groups = "; ".join(f"world {w}: ranks {ranks_text(ranks[w])}" for w in worlds)
             raise MeasurementError(
                 where,
                 f"files of several world sizes ({groups}); pick one with --world (library: world=)",
@@ -242,10 +226,39 @@ def select(found: Scan, sel: Selection) -> tuple[str, str | None, int, dict[int,
     if missing:
         raise MeasurementError(
             where,
-            f"missing ranks {_ranks_text(missing)} of world {world} "
+            f"missing ranks {ranks_text(missing)} of world {world} "
             f"(found {len(by_rank)} of {world} {sel.kind.value} files for {prefix})",
         )
     return prefix, method, world, by_rank
+
+
+@dataclass
+class FileGroup:
+    """The files of one prefix, kind, method and world size (possibly incomplete)."""
+
+    base: str
+    kind: Kind
+    method: str | None
+    world: int
+    entries: dict[int, dict[str, Entry]]
+
+    @property
+    def complete(self) -> bool:
+        return set(self.entries) == set(range(self.world))
+
+
+def group_files(
+    entries: list[Entry],
+) -> dict[tuple[str, Kind, str | None], dict[int, FileGroup]]:
+    """Measurement files by (prefix, kind, method), then by world size."""
+    out: dict[tuple[str, Kind, str | None], dict[int, FileGroup]] = {}
+    for e in entries:
+        key = (e.name.base, e.name.kind, e.name.method)
+        g = out.setdefault(key, {}).setdefault(
+            e.name.world, FileGroup(e.name.base, e.name.kind, e.name.method, e.name.world, {})
+        )
+        g.entries.setdefault(e.name.rank, {})[e.name.ext] = e
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,58 +408,3 @@ def read_ranks(
         else:
             files.append(read_npz(got["npz"].path, got["npz"].name, timings))
     return files
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-
-
-class Encoders:
-    """The JSON and NPZ encoders of one layout (build once, use for every file of that layout)."""
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        self.json = jsonio.JsonEncoder(layout)
-        self.npz = npzio.NpzEncoder(layout)
-
-
-class SetWriter:
-    """Write measurement files (JSON + NPZ) and module lists into a (staging) directory."""
-
-    def __init__(self, directory: Path, timings: Timings | None = None) -> None:
-        self.directory = directory
-        self.timings = timings or Timings()
-        self.written: list[str] = []
-
-    def write(
-        self,
-        name: FileName,
-        header: dict[str, Any],
-        layout: Layout,
-        values: np.ndarray,
-        encoders: Encoders | None = None,
-    ) -> None:
-        """Write one rank as ``.json`` and ``.npz``; ``encoders`` of the layout share work."""
-        with self.timings.phase("encode"):
-            if encoders is None or encoders.layout != layout:
-                encoders = Encoders(layout)
-            text = encoders.json.encode(header, values)
-            chunks = encoders.npz.stream(header, values)
-        self.write_encoded(name, text, chunks)
-
-    def write_encoded(self, name: FileName, text: bytes, chunks: list[bytes | bytearray]) -> None:
-        """Write one rank from its encoded JSON text and NPZ member chunks."""
-        with self.timings.phase("write"):
-            json_name = name.with_ext("json").name
-            (self.directory / json_name).write_bytes(text)
-            npz_name = name.with_ext("npz").name
-            npzio.write_chunks(self.directory / npz_name, chunks)
-        self.written += [json_name, npz_name]
-
-    def write_mod_list(self, name: FileName, names: list[str]) -> None:
-        with self.timings.phase("encode"):
-            text = jsonio.encode_list(names)
-        with self.timings.phase("write"):
-            file_name = name.mod_list_file().name
-            (self.directory / file_name).write_bytes(text)
-        self.written.append(file_name)

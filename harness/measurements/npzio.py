@@ -32,8 +32,8 @@ from harness.measurements.layout import LIST
 from harness.measurements.layout import NULL
 from harness.measurements.layout import Layout
 from harness.measurements.layout import NodeStruct
-from harness.measurements.layout import RawArray
 from harness.measurements.layout import Shape
+from harness.measurements.parse import RawArray
 
 MEMBER = "arr_0.npy"
 

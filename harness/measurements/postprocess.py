@@ -27,10 +27,8 @@ from harness.measurements.layout import LayoutBuilder
 from harness.measurements.layout import field
 from harness.measurements.layout import replace_field
 from harness.measurements.layout import struct_items
-from harness.measurements.model import Encoders
 from harness.measurements.model import MeasurementFile
 from harness.measurements.model import Selection
-from harness.measurements.model import SetWriter
 from harness.measurements.model import read_json
 from harness.measurements.model import read_mod_list
 from harness.measurements.model import read_npz
@@ -38,6 +36,8 @@ from harness.measurements.model import scan
 from harness.measurements.model import select
 from harness.measurements.outcome import Outcome
 from harness.measurements.outcome import Timings
+from harness.measurements.writer import Encoders
+from harness.measurements.writer import SetWriter
 
 _QK = ".matmul_qk"
 _AV = ".matmul_av"

@@ -39,10 +39,8 @@ from harness.measurements.layout import describe_struct
 from harness.measurements.layout import field
 from harness.measurements.layout import replace_field
 from harness.measurements.layout import struct_items
-from harness.measurements.model import Encoders
 from harness.measurements.model import MeasurementFile
 from harness.measurements.model import Selection
-from harness.measurements.model import SetWriter
 from harness.measurements.model import read_mod_list
 from harness.measurements.model import read_ranks
 from harness.measurements.model import scan
@@ -50,6 +48,8 @@ from harness.measurements.model import select
 from harness.measurements.naming import Kind
 from harness.measurements.outcome import Outcome
 from harness.measurements.outcome import Timings
+from harness.measurements.writer import Encoders
+from harness.measurements.writer import SetWriter
 
 
 def parse_groups(text: str) -> list[list[int]]:

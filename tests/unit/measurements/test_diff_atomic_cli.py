@@ -20,8 +20,8 @@ from inc_sets import write_rank
 from harness.errors import MeasurementError
 from harness.measurements import atomic
 from harness.measurements import diff
-from harness.measurements import model
 from harness.measurements import unify
+from harness.measurements import writer
 from harness.measurements.cli import add_subparser
 from harness.measurements.cli import main
 
@@ -80,7 +80,7 @@ def test_a_failure_midway_leaves_no_output(
 ) -> None:
     src = make_set(world=4)
     calls = []
-    real = model.SetWriter.write_encoded
+    real = writer.SetWriter.write_encoded
 
     def failing(self, *args, **kw):
         calls.append(1)
@@ -88,7 +88,7 @@ def test_a_failure_midway_leaves_no_output(
             raise OSError(28, "No space left on device")
         return real(self, *args, **kw)
 
-    monkeypatch.setattr(model.SetWriter, "write_encoded", failing)
+    monkeypatch.setattr(writer.SetWriter, "write_encoded", failing)
     with pytest.raises(MeasurementError, match="No space left on device"):
         unify(src, tmp_path / "out", ranks=2)
     assert not (tmp_path / "out").exists()
@@ -103,7 +103,7 @@ def test_a_failure_in_place_leaves_the_old_files(make_set, monkeypatch: pytest.M
     def boom(*args, **kw):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(model.SetWriter, "write_mod_list", boom)
+    monkeypatch.setattr(writer.SetWriter, "write_mod_list", boom)
     with pytest.raises(RuntimeError):
         unify(src, src, ranks=2, world=4)  # would rewrite the _x_2 files
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before

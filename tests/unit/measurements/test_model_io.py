@@ -21,13 +21,13 @@ from inc_sets import write_rank
 from harness.errors import MeasurementError
 from harness.measurements import jsonio
 from harness.measurements import npzio
-from harness.measurements.layout import from_json_nodes
 from harness.measurements.layout import nodes_arrays
 from harness.measurements.model import Kind
 from harness.measurements.model import load_set
 from harness.measurements.model import read_file
 from harness.measurements.naming import FileName
 from harness.measurements.naming import parse_file_name
+from harness.measurements.parse import from_json_nodes
 
 
 @pytest.mark.parametrize(
