@@ -47,6 +47,7 @@ from harness.measurements.naming import Kind
 from harness.measurements.outcome import Outcome
 from harness.measurements.postprocess import postprocess
 from harness.measurements.unify import unify
+from harness.measurements.writer import save_set
 
 __all__ = [
     "CheckReport",
@@ -65,5 +66,6 @@ __all__ = [
     "load_set",
     "postprocess",
     "read_file",
+    "save_set",
     "unify",
 ]

@@ -9,7 +9,9 @@ import numpy as np
 
 from harness.measurements import jsonio
 from harness.measurements import npzio
+from harness.measurements.atomic import staged_directory
 from harness.measurements.layout import Layout
+from harness.measurements.model import MeasurementSet
 from harness.measurements.naming import FileName
 from harness.measurements.outcome import Timings
 
@@ -63,3 +65,18 @@ class SetWriter:
             file_name = name.mod_list_file().name
             (self.directory / file_name).write_bytes(text)
         self.written.append(file_name)
+
+
+def save_set(measurements: MeasurementSet, out_dir: Path | str) -> list[str]:
+    """Write a whole set (JSON, NPZ and module lists of every rank) atomically into ``out_dir``."""
+    with staged_directory(out_dir) as stage:
+        writer = SetWriter(stage)
+        encoders: Encoders | None = None
+        for f in measurements.files:
+            if encoders is None or encoders.layout != f.layout:
+                encoders = Encoders(f.layout)
+            writer.write(f.name, f.header, f.layout, f.values, encoders)
+            names = measurements.mod_lists.get(f.rank)
+            if names is not None:
+                writer.write_mod_list(f.name, names)
+        return list(writer.written)

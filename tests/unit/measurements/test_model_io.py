@@ -28,6 +28,7 @@ from harness.measurements.model import read_file
 from harness.measurements.naming import FileName
 from harness.measurements.naming import parse_file_name
 from harness.measurements.parse import from_json_nodes
+from harness.measurements.writer import save_set
 
 
 @pytest.mark.parametrize(
@@ -231,6 +232,22 @@ def test_load_set_reads_a_directory_a_file_or_a_dump_stats_path(make_set) -> Non
     assert load_set(d, kind="scales").method == "MAXABS_HW"
     assert load_set(d / f"{PREFIX}_MAXABS_HW_1_2.json").kind is Kind.SCALES
     assert load_set(d / "inc_output").prefix == PREFIX
+
+
+def test_save_set_writes_what_load_set_reads(make_set, tmp_path: Path) -> None:
+    d = make_set(world=2, nodes_fn=ep_nodes)
+    s = load_set(d)
+    written = save_set(s, tmp_path / "copy")
+    assert sorted(written) == sorted(p.name for p in d.iterdir())
+    again = load_set(tmp_path / "copy")
+    assert again.mod_lists == s.mod_lists
+    for a, b in zip(s.files, again.files, strict=True):
+        assert a.header == b.header and a.layout == b.layout
+        np.testing.assert_array_equal(a.values, b.values)
+        _deep_equal(
+            load_npz(d / a.name.with_ext("npz").name),
+            load_npz(tmp_path / "copy" / b.name.with_ext("npz").name),
+        )
 
 
 def test_load_set_falls_back_to_npz_when_json_is_missing(make_set) -> None:
