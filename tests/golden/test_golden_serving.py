@@ -228,3 +228,20 @@ def test_a_stock_config_with_an_absolute_dump_path_cannot_take_the_prefix(tmp_pa
         gaudi.inc_prefix(cell, SimpleNamespace(dump_stats_path=tmp_path), tmp_path / "s")
     with pytest.raises(HarnessError, match="no measurement files"):
         link_measurements(tmp_path / "none" / "inc_output", tmp_path / "t" / "x")
+
+
+def test_a_multi_node_cell_links_its_set_beside_the_calibration_on_shared_storage(
+    gaudi, tmp_path
+):
+    from types import SimpleNamespace
+
+    _write_set(tmp_path / "nfs" / "meas", "inc_output", 16)
+    calibration = SimpleNamespace(
+        dump_stats_path=tmp_path / "nfs" / "meas" / "inc_output",
+        measurement_dir=tmp_path / "nfs" / "meas",
+    )
+    cell = _cells("deepseek-r1-multinode")["deepseek-r1-0528/g2-n2/tp16-ep16/fp8-kv-fp8_inc"]
+    prefix = gaudi.inc_prefix(cell, calibration, tmp_path / "local-run")
+    assert prefix == tmp_path / "nfs" / "inc_prefix-fp8_inc"
+    linked = list((prefix / "scripts" / "nc_workspace_measure_kvcache").glob("*_15_16.npz"))
+    assert len(linked) == 1

@@ -82,10 +82,15 @@ class GaudiServing:
     # serving -------------------------------------------------------------------------------
     def inc_prefix(self, cell: Cell, calibration: Any, workdir: Path) -> Path:
         """INC_MEASUREMENT_DUMP_PATH_PREFIX: `<workdir>/inc_prefix`, populated with links to
-        the calibration's files when a calibration is given (at run time, not for --plan)."""
+        the calibration's files when a calibration is given (at run time, not for --plan).
+        Multi-node cells put it beside the calibration's measurements instead (the NFS folder
+        every node reads, seed 001), named by the cell's KV dtype."""
         prefix = workdir / INC_PREFIX_DIR
         if calibration is None:
             return prefix
+        if cell.multi_node:
+            measurements = Path(calibration.measurement_dir)
+            prefix = measurements.parent / f"{INC_PREFIX_DIR}-{cell.kv_cache_dtype}"
         config = self.quant_config_path(cell)
         dump = SEED_DUMP_STATS_PATH
         if config.is_file():
