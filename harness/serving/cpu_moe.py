@@ -102,7 +102,11 @@ def moe_node(module_name: str, ranges: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def qdq(x: Any, scale: float, dtype: Any) -> Any:
-    return (x / scale).to(dtype).to(x.dtype) * scale
+    """x rounded through FP8 `dtype` with `scale`, saturating at the type's range (as INC)."""
+    import torch
+
+    top = float(torch.finfo(dtype).max)
+    return ((x.float() / scale).clamp(-top, top).to(dtype).float() * scale).to(x.dtype)
 
 
 def input_qdq_hooks(model: Any, ranges: dict[str, Any]) -> tuple[int, int]:

@@ -85,3 +85,13 @@ def test_a_relative_dump_path_is_joined_to_the_inc_prefix_like_vllm_gaudi(tmp_pa
     monkeypatch.setenv("QUANT_CONFIG", str(tmp_path / "missing.json"))
     with pytest.raises(FileNotFoundError, match="is not a file: point it at the INC"):
         resolved_config_path()
+
+
+def test_activation_qdq_saturates_instead_of_overflowing_to_nan():
+    torch = pytest.importorskip("torch")
+    from harness.serving.cpu_moe import qdq
+
+    x = torch.tensor([1000.0, -3.3, 0.0], dtype=torch.bfloat16)
+    y = qdq(x, 1.0, torch.float8_e4m3fn)
+    assert y.tolist() == [448.0, -3.25, 0.0]
+    assert y.dtype == torch.bfloat16
