@@ -1,0 +1,49 @@
+"""The plugin's QDQ speed-up on a model INC really converted: same outputs, bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_streamlined_qdq_gives_incs_outputs_bit_for_bit(tmp_path):
+    torch = pytest.importorskip("torch")
+    inc = pytest.importorskip("neural_compressor.torch.quantization")
+    from torch import nn
+
+    from harness.serving.inc_plugin import speed_up_qdq
+
+    class Mlp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = nn.Linear(64, 192, bias=False)
+            self.down = nn.Linear(192, 64, bias=False)
+
+        def forward(self, x):
+            return self.down(torch.relu(self.up(x)))
+
+    torch.manual_seed(0)
+    model = Mlp().to(torch.bfloat16)
+    measure = {"method": "HOOKS", "mode": "MEASURE", "observer": "maxabs",
+               "dump_stats_path": str(tmp_path / "inc_output"), "use_qdq": True}
+    quant = {**measure, "mode": "QUANTIZE", "scale_method": "maxabs_hw",
+             "device_for_scales": "GAUDI3"}
+    (tmp_path / "measure.json").write_text(json.dumps(measure))
+    (tmp_path / "quant.json").write_text(json.dumps(quant))
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    prepared = inc.prepare(model, inc.FP8Config.from_json_file(str(tmp_path / "measure.json")))
+    prepared(x)
+    inc.finalize_calibration(prepared)
+
+    fresh = Mlp().to(torch.bfloat16)
+    fresh.load_state_dict(model.state_dict())
+    converted = inc.convert(fresh, inc.FP8Config.from_json_file(str(tmp_path / "quant.json")))
+    big = x * 300  # past the measured range: saturation must match too
+    before = converted(x), converted(big)
+    assert speed_up_qdq(converted) == (2, 2)
+    after = converted(x), converted(big)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert speed_up_qdq(converted)[0] == 0  # weights are dequantized once, not again
