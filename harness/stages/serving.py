@@ -86,6 +86,12 @@ def serve(session: Any, cell: Cell, calibration: Any) -> Iterator[ServerHandle]:
             cell.id, Stage.SERVING.value, "an FP8 cell has no calibration to serve with",
             "the calibration stage must produce the cell's scales first",
         )
+    if cell.model.path and not Path(cell.model.path).exists():
+        raise StageError(
+            cell.id, Stage.SERVING.value, f"no model at {cell.model.path}",
+            f"check models.{cell.model.name}.path in the matrix (a relative path is relative "
+            "to the matrix file)",
+        )
     session.open_store()
     workdir = session.store.cell_dir(cell.id, Stage.SERVING.value)
     settings = cell.settings.serving

@@ -159,7 +159,8 @@ class GaudiServing:
         return Command(
             tuple(argv),
             self.serve_env(cell, calibration, workdir),
-            description=f"vllm serve on {where}, {cell.world_size} HPUs",
+            description=f"vllm serve on {where}, {cell.world_size} HPU"
+            + ("s" if cell.world_size > 1 else ""),
             node=0 if cell.multi_node else None,
         )
 
