@@ -95,21 +95,22 @@ def serve(session: Any, cell: Cell, calibration: Any) -> Iterator[ServerHandle]:
     session.open_store()
     workdir = session.store.cell_dir(cell.id, Stage.SERVING.value)
     settings = cell.settings.serving
-    try:
-        _prechecks(backend, cell, workdir)
-        port = settings.port or free_port(settings.host)
-        spec = backend.server_spec(cell, port, calibration, workdir)
-        with running(spec, workdir / SERVER_LOG) as server:
-            yield ServerHandle(
-                cell.id, server.base_url, spec.served_name, server.log_path, server,
-                dict(spec.facts),
-            )
-    except (ServerFailed, CommandFailed) as exc:
-        raise failure(cell, Stage.SERVING, exc) from None
-    except HarnessError as exc:
-        if isinstance(exc, StageError | StageSkipped):
-            raise
-        raise StageError(cell.id, Stage.SERVING.value, str(exc)) from None
+    with contextlib.ExitStack() as stack:
+        try:  # only the start-up is the serving stage's failure; the block's errors pass
+            _prechecks(backend, cell, workdir)
+            port = settings.port or free_port(settings.host)
+            spec = backend.server_spec(cell, port, calibration, workdir)
+            server = stack.enter_context(running(spec, workdir / SERVER_LOG))
+        except (ServerFailed, CommandFailed) as exc:
+            raise failure(cell, Stage.SERVING, exc) from None
+        except HarnessError as exc:
+            if isinstance(exc, StageError | StageSkipped):
+                raise
+            raise StageError(cell.id, Stage.SERVING.value, str(exc)) from None
+        yield ServerHandle(
+            cell.id, server.base_url, spec.served_name, server.log_path, server,
+            dict(spec.facts),
+        )
 
 
 def run(ctx: StageContext, server: ServerHandle | None = None, **_: object) -> None:

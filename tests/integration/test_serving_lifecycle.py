@@ -180,3 +180,89 @@ def test_ctrl_c_inside_the_block_still_stops_the_server_group(tmp_path):
         pgid = server.process.pgid
         raise KeyboardInterrupt
     assert _gone(pgid)
+
+
+class _Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def cell_dir(self, cell_id: str, stage: str) -> Path:
+        path = self.root / cell_id.replace("/", "__") / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class _Session:
+    """The two things `serve` asks of the harness session: its backend and its run store."""
+
+    def __init__(self, tmp_path: Path, mode: str, timeout_s: float = 20.0) -> None:
+        self.store = _Store(tmp_path / "run")
+        self.tmp_path = tmp_path
+        session = self
+
+        class Backend:
+            def skip_reason(self, cell, stage):
+                return None
+
+            def serve_prechecks(self, cell):
+                return []
+
+            def server_spec(self, cell, port, calibration, workdir):
+                spec = _spec(session.tmp_path, mode, timeout_s, port)
+                return ServerSpec(spec.command, spec.host, spec.port, "stand-in", timeout_s,
+                                  facts={"emulated": "none"})
+
+        self.backend = Backend()
+
+    def open_store(self) -> None:
+        return None
+
+
+def _bf16_cell():
+    from harness.matrix import load_matrix
+
+    return next(c for c in load_matrix("smoke-cpu").cells if not c.is_fp8)
+
+
+def test_the_serving_stage_yields_a_handle_and_stops_the_server_after_the_block(tmp_path):
+    import dataclasses
+
+    from harness.stages.serving import serve
+
+    cell = dataclasses.replace(_bf16_cell(), model=dataclasses.replace(
+        _bf16_cell().model, path=str(tmp_path)))
+    with serve(_Session(tmp_path, "ok"), cell, None) as handle:
+        pgid = handle.server.process.pgid
+        assert handle.facts == {"emulated": "none"}
+        assert handle.smoke["completion_tokens"] == 3
+        assert handle.log_path.parent.name == "serving"
+    assert _gone(pgid)
+
+
+def test_a_failed_start_is_the_cells_serving_error_and_a_block_error_stays_its_own(tmp_path):
+    import dataclasses
+
+    from harness.errors import StageError
+    from harness.stages.serving import serve
+
+    cell = dataclasses.replace(_bf16_cell(), model=dataclasses.replace(
+        _bf16_cell().model, path=str(tmp_path)))
+    expected = r"tiny-llama/cpu/tp1/bf16-kv-auto \[serving\]: the server process exited with status 3"
+    with (
+        pytest.raises(StageError, match=expected) as err,
+        serve(_Session(tmp_path, "exit"), cell, None),
+    ):
+        pass
+    assert "the harness restarts nothing" in err.value.hint
+    with (
+        pytest.raises(ValueError, match="from the block"),
+        serve(_Session(tmp_path, "ok"), cell, None),
+    ):
+        raise ValueError("from the block")
+    missing = dataclasses.replace(cell, model=dataclasses.replace(
+        cell.model, path=str(tmp_path / "nowhere")))
+    with (
+        pytest.raises(StageError, match="no model at .*nowhere"),
+        serve(_Session(tmp_path, "ok"), missing, None),
+    ):
+        pass
