@@ -1,0 +1,107 @@
+"""Matrix files: find one by name or path, read YAML with `extends`, word validation errors.
+
+No matrix semantics here (that is harness/matrix.py): these layers only turn files into dicts and
+pydantic errors into `file: key.path: reason` messages.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from harness.errors import MatrixError
+
+MATRICES_DIR = Path(__file__).resolve().parent.parent / "matrices"
+
+
+def resolve_matrix_path(name_or_path: str | Path, search_dir: Path = MATRICES_DIR) -> Path:
+    """Accept a path or a name in matrices/; unknown names get a did-you-mean."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise MatrixError(
+                candidate, "", "no such matrix file; check the path given to --matrix"
+            )
+        return candidate
+    named = search_dir / f"{name_or_path}.yaml"
+    if named.is_file():
+        return named
+    available = sorted(p.stem for p in search_dir.glob("*.yaml") if not p.stem.startswith("_"))
+    close = difflib.get_close_matches(str(name_or_path), available, n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise MatrixError(
+        search_dir,
+        "",
+        f"Unknown matrix '{name_or_path}'.{hint} Available: {', '.join(available) or 'none'}",
+    )
+
+
+def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """YAML to dict with `extends:` merged (local keys win). No matrix semantics here."""
+    path = path.resolve()
+    if path in _chain:
+        chain = " -> ".join(str(p) for p in (*_chain, path))
+        raise MatrixError(path, "extends", f"extends cycle: {chain}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MatrixError(path, "", f"cannot read the file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise MatrixError(path, "", f"invalid YAML at {where}{problem}") from None
+    if data is None:
+        raise MatrixError(path, "", "the file is empty; a matrix needs at least name and models")
+    if not isinstance(data, dict):
+        raise MatrixError(path, "", f"top level must be a mapping, got {type(data).__name__}")
+    parent = data.get("extends")
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise MatrixError(path, "extends", "must be a relative file name")
+    base = load_yaml(path.parent / parent, (*_chain, path))
+    merged = {**base, **data}
+    merged["extends"] = parent
+    return merged
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def validation_message(exc: ValidationError) -> tuple[str, str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        key = _key_path(loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see matrices/README.md for the keys)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("literal_error",):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append((key, msg))
+    first_key = lines[0][0]
+    if len(lines) == 1:
+        return first_key, lines[0][1]
+    return first_key, "; ".join(f"{k}: {m}" for k, m in lines)
+
+
+def unknown_name(kind: str, name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return f"unknown {kind} '{name}'.{hint} Known: {', '.join(known)}"
