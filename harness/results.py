@@ -2,7 +2,7 @@
 
 Record keys (schema_version 1), one object per line of `reports/<run-id>/results.jsonl`:
   kind            "run" (first line: the run's context) or "stage"
-  run_id          the run's id, e.g. 20261123-161500-a1b2 (sortable)
+  run_id          the run's id, e.g. 20261123-161500-042-a1b2 (sorts by start time)
   cell            cell id, e.g. "tiny-moe/cpu/tp1-ep2/fp8-kv-fp8"          (stage records)
   stage           preflight | collectives | calibration | serving | accuracy | throughput
   status          passed | failed | skipped
@@ -54,8 +54,9 @@ class StageResult:
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
+    """`20261123-161500-042-a1b2`: sorts by start time to the millisecond, unique beyond it."""
     now = now or dt.datetime.now()
-    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
 
 
 def now_iso() -> str:

@@ -66,3 +66,13 @@ def test_cell_dir_flattens_the_cell_id(tmp_path):
     path = store.cell_dir("m/cpu/tp1/fp8-kv-fp8", "serving")
     assert path == tmp_path / "r" / "cells" / "m__cpu__tp1__fp8-kv-fp8" / "serving"
     assert path.is_dir()
+
+
+def test_run_ids_sort_by_start_time_even_within_one_second():
+    import datetime as dt
+
+    from harness.results import new_run_id
+
+    t0 = dt.datetime(2026, 11, 23, 16, 15, 0, 1000)
+    ids = [new_run_id(t0 + dt.timedelta(milliseconds=i)) for i in range(50)]
+    assert sorted(ids) == ids
