@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.measurements.layout import struct_items
 from harness.measurements.model import FileGroup
 from harness.measurements.model import MeasurementFile
 from harness.measurements.naming import Kind
@@ -19,12 +20,24 @@ FULL_SCALE = {"g2": 240, "g3": 448}
 _G2_EXPONENTS = {-8, -4, 0, 4}  # Gaudi2 hardware-aligned scales: step 4 in [2^-8, 2^4]
 
 
+def _aligned_values(f: MeasurementFile) -> np.ndarray:
+    """Input and weight scales only: an output scale is input x weight scale, so its exponent
+    (2^-4 * 2^-8 = 2^-12 on Gaudi2) is not one of the hardware-aligned steps."""
+    parts = []
+    for i, struct in enumerate(f.layout.structs):
+        base, _ = f.layout.span(i)
+        for fld, _key, start, size, _shape in struct_items(struct):
+            if fld != "outputs":
+                parts.append(f.values[base + start : base + start + size])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
 def infer_device(
     files: list[MeasurementFile], method: str | None, directory: Path
 ) -> tuple[str | None, str]:
     """The Gaudi generation scale files were computed for, and how that was told."""
     if method and "HW" in method.split("_"):
-        vals = np.concatenate([f.values for f in files]) if files else np.zeros(0)
+        vals = np.concatenate([_aligned_values(f) for f in files]) if files else np.zeros(0)
         vals = vals[np.isfinite(vals) & (vals > 0)]
         if vals.size:
             exps = np.log2(vals)

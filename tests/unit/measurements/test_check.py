@@ -257,3 +257,18 @@ def test_values_equal_between_json_and_npz_written_by_inc(make_set) -> None:
     data = np.load(d / f"{PREFIX}_0_1.npz", allow_pickle=True)["arr_0"].item()
     assert data["LocalRank"] == 0
     assert "npz-json-mismatch" not in _codes(check(d))
+
+
+def test_gaudi2_output_scales_are_products_and_do_not_make_a_set_gaudi3(tmp_path: Path) -> None:
+    """A linear's output scale is input x weight scale (2^-4 * 2^-8 = 2^-12): not a HW step."""
+    d = tmp_path / "g2prod"
+    d.mkdir()
+    exponents = [-8, -4, 0, 4] * 5
+    write_rank(d, 0, 1, {f"n{i}": {"inputs": [[[1.0]]]} for i in range(len(exponents))})
+    scales = {
+        f"n{i}": {"inputs": [2.0**e], "outputs": [2.0 ** (e - 8)], "params": {"weight": 2.0**-8}}
+        for i, e in enumerate(exponents)
+    }
+    write_rank(d, 0, 1, scales, method="MAXABS_HW")
+    assert "device-mismatch" not in _codes(check(d, device="g2"))
+    assert _codes(check(d, device="g3"))["device-mismatch"] is Severity.ERROR
