@@ -13,7 +13,7 @@ KEY_METRICS: dict[str, tuple[str, ...]] = {
     "preflight": ("checks_fail",),
     "collectives": ("busbw_gbps", "algbw_gbps", "nw_bandwidth_gbps", "algo_bandwidth_gbps"),
     "calibration": ("nodes_measured", "experts_covered", "calibration_s"),
-    "serving": ("ready_s",),
+    "serving": ("ready_s", "emulated"),
     "accuracy": ("exact_match_strict", "exact_match_flexible"),
     "throughput": ("output_throughput@c1", "output_throughput@c32", "p99_ttft_ms@c1"),
 }
