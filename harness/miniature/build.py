@@ -127,3 +127,59 @@ def build_model(
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     cfg.architectures = [MODELS[name].architecture]
     return model
+
+
+def init_from(model: Any, source: Any) -> str:
+    """Copy a trained model's weights into ``model``; returns how ("copy" or "upcycle").
+
+    Same architecture: a plain copy (to continue training). Dense Llama into the
+    Mixtral miniature: sparse upcycling. Embeddings, norms and attention are
+    copied; the dense FFN's intermediate rows are cut into ``I_dense / I_expert``
+    slices and expert ``e`` starts from slice ``e % n_slices`` (down projection
+    scaled by the slice count over top-k, so top-k experts sum to the dense
+    FFN's scale); the router keeps its fresh random init.
+
+    Raises:
+        ValueError: shapes or architectures that cannot be mapped.
+    """
+    import torch
+
+    src = dict(source.state_dict())
+    dst = model.state_dict()
+    if type(model) is type(source):
+        model.load_state_dict({k: v.float() for k, v in src.items()}, strict=True)
+        return "copy"
+    cfg = model.config
+    n_exp, i_exp = cfg.num_local_experts, cfg.intermediate_size
+    i_dense = source.config.intermediate_size
+    if i_dense % i_exp:
+        raise ValueError(f"dense FFN {i_dense} does not split into experts of {i_exp}")
+    n_slices = i_dense // i_exp
+    scale = n_slices / cfg.num_experts_per_tok
+    new: dict[str, Any] = {}
+    for key, value in dst.items():
+        if key in src and src[key].shape == value.shape:
+            new[key] = src[key].float()
+        elif key.endswith("mlp.experts.gate_up_proj"):
+            p = key.removesuffix("experts.gate_up_proj")
+            gate, up = src[p + "gate_proj.weight"].float(), src[p + "up_proj.weight"].float()
+            parts = []
+            for e in range(n_exp):
+                s = slice((e % n_slices) * i_exp, (e % n_slices + 1) * i_exp)
+                parts.append(torch.cat([gate[s], up[s]], dim=0))
+            new[key] = torch.stack(parts)
+        elif key.endswith("mlp.experts.down_proj"):
+            p = key.removesuffix("experts.down_proj")
+            down = src[p + "down_proj.weight"].float()
+            new[key] = torch.stack(
+                [
+                    scale * down[:, (e % n_slices) * i_exp : (e % n_slices + 1) * i_exp]
+                    for e in range(n_exp)
+                ]
+            )
+        elif key.endswith("mlp.gate.weight"):
+            new[key] = value
+        else:
+            raise ValueError(f"cannot initialise {key} {tuple(value.shape)} from the dense model")
+    model.load_state_dict(new, strict=True)
+    return "upcycle"
