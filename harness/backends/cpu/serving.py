@@ -15,20 +15,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.backends.serving_plans import ServingPlans
 from harness.cell import Cell
 from harness.process import Command
 from harness.serving.commands import AccuracyTask
 from harness.serving.commands import bench_command
 from harness.serving.commands import lm_eval_command
 from harness.serving.inc_plugin import KV_QDQ_ENV
-from harness.serving.inc_plugin import READY_MARK
 from harness.serving.lmeval import resolve_task
-from harness.serving.server import ServerSpec
 
 PLUGIN_ENTRY_DIR = Path(__file__).resolve().parents[2] / "serving" / "vllm_entry"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_KV_CACHE_MEMORY = "256M"
-PLAN_PORT = 8688  # the seeds' port, shown by --plan; a run picks a free port
 QUANT_CONFIG_PLACEHOLDER = "<quant_config of the calibration stage>"
 
 
@@ -56,7 +54,7 @@ def tool(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-class CpuServing:
+class CpuServing(ServingPlans):
     """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
 
     options: dict
@@ -115,7 +113,9 @@ class CpuServing:
         env.update(cell.settings.serving.env)
         return env
 
-    def serve_command(self, cell: Cell, port: int, calibration: Any) -> Command:
+    def serve_command(
+        self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
+    ) -> Command:
         s = cell.settings.serving
         kv = cell.kv_cache_dtype if self.kv_cache_mode(cell) != "emulated" else "auto"
         argv = [
@@ -152,21 +152,6 @@ class CpuServing:
     def serve_prechecks(self, cell: Cell) -> list[tuple[Command, Any]]:
         """Nothing to check before starting on this host (the Ray form needs no vLLM here)."""
         return []
-
-    def server_spec(
-        self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
-    ) -> ServerSpec:
-        s = cell.settings.serving
-        return ServerSpec(
-            command=self.serve_command(cell, port, calibration),
-            host=s.host,
-            port=port,
-            served_name=self.served_name(cell),
-            ready_timeout_s=s.ready_timeout_s,
-            ready_marks=(READY_MARK,) if cell.is_fp8 else (),
-            smoke_max_tokens=s.smoke_max_tokens,
-            facts=self.serving_facts(cell),
-        )
 
     # accuracy ------------------------------------------------------------------------------
     def accuracy_task(self, cell: Cell, workdir: Path, write: bool = True) -> AccuracyTask:
@@ -209,23 +194,3 @@ class CpuServing:
             trust_remote_code=cell.settings.serving.trust_remote_code,
             program=tool("vllm"),
         )
-
-    # plans ---------------------------------------------------------------------------------
-    def _plan_url(self, cell: Cell) -> str:
-        s = cell.settings.serving
-        return f"http://{s.host}:{s.port or PLAN_PORT}"
-
-    def plan_serving(self, cell: Cell, workdir: Path) -> list[Command]:
-        cmd = self.serve_command(cell, cell.settings.serving.port or PLAN_PORT, None)
-        return [Command(cmd.argv, cmd.env, cmd.description + "; a run picks a free port")]
-
-    def plan_accuracy(self, cell: Cell, workdir: Path) -> list[Command]:
-        task = self.accuracy_task(cell, workdir, write=False)
-        return [self.accuracy_command(cell, self._plan_url(cell), task, workdir)]
-
-    def plan_throughput(self, cell: Cell, workdir: Path) -> list[Command]:
-        url = self._plan_url(cell)
-        return [
-            self.bench_command(cell, url, c, workdir)
-            for c in cell.settings.throughput.concurrencies
-        ]

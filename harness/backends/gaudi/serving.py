@@ -21,15 +21,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from harness.backends.serving_plans import ServingPlans
 from harness.cell import Cell
 from harness.errors import HarnessError
 from harness.process import Command
 from harness.serving.commands import AccuracyTask
 from harness.serving.commands import bench_command
 from harness.serving.commands import lm_eval_command
-from harness.serving.inc_plugin import READY_MARK
 from harness.serving.lmeval import resolve_task
-from harness.serving.server import ServerSpec
 
 VLLM_FORK_DIR = "/workspace/vllm-fork"  # seed 003's source folder
 QUANT_CONFIG_BY_KV = {
@@ -40,7 +39,6 @@ SEED_DUMP_STATS_PATH = "scripts/nc_workspace_measure_kvcache/inc_measure_output"
 # checkpoints stored in block-scaled FP8 (INC requantizes them): seed 003's models
 FP8_CHECKPOINT_ARCHITECTURES = frozenset({"deepseek_v3", "kimi_k2"})
 TRUST_REMOTE_CODE_ARCHITECTURES = frozenset({"deepseek_v3", "kimi_k2"})
-PLAN_PORT = 8688
 INC_PREFIX_DIR = "inc_prefix"
 
 
@@ -50,7 +48,7 @@ def ray_hpus(status_output: str) -> tuple[float, float] | None:
     return (float(match.group(1)), float(match.group(2))) if match else None
 
 
-class GaudiServing:
+class GaudiServing(ServingPlans):
     """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
 
     options: dict
@@ -124,7 +122,9 @@ class GaudiServing:
         env.update(s.env)
         return env
 
-    def serve_command(self, cell: Cell, port: int, calibration: Any, workdir: Path) -> Command:
+    def serve_command(
+        self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
+    ) -> Command:
         s = cell.settings.serving
         argv = ["vllm", "serve", str(cell.model.source)]
         if cell.is_fp8:
@@ -158,7 +158,7 @@ class GaudiServing:
         where = f"{cell.nodes} nodes via Ray" if cell.multi_node else "one node"
         return Command(
             tuple(argv),
-            self.serve_env(cell, calibration, workdir),
+            self.serve_env(cell, calibration, workdir or Path(".")),
             description=f"vllm serve on {where}, {cell.world_size} HPU"
             + ("s" if cell.world_size > 1 else ""),
             node=0 if cell.multi_node else None,
@@ -182,21 +182,6 @@ class GaudiServing:
 
         cmd = Command(("ray", "status"), description="Ray cluster has the cell's HPUs", node=0)
         return [(cmd, enough)]
-
-    def server_spec(
-        self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
-    ) -> ServerSpec:
-        s = cell.settings.serving
-        return ServerSpec(
-            command=self.serve_command(cell, port, calibration, workdir or Path(".")),
-            host=s.host,
-            port=port,
-            served_name=self.served_name(cell),
-            ready_timeout_s=s.ready_timeout_s,
-            ready_marks=(READY_MARK,) if cell.is_fp8 else (),
-            smoke_max_tokens=s.smoke_max_tokens,
-            facts=self.serving_facts(cell),
-        )
 
     # accuracy ------------------------------------------------------------------------------
     def accuracy_task(self, cell: Cell, workdir: Path, write: bool = True) -> AccuracyTask:
@@ -231,27 +216,6 @@ class GaudiServing:
             trust_remote_code=cell.settings.serving.trust_remote_code
             or cell.model.architecture in TRUST_REMOTE_CODE_ARCHITECTURES,
         )
-
-    # plans ---------------------------------------------------------------------------------
-    def _plan_url(self, cell: Cell) -> str:
-        s = cell.settings.serving
-        return f"http://{s.host}:{s.port or PLAN_PORT}"
-
-    def plan_serving(self, cell: Cell, workdir: Path) -> list[Command]:
-        checks = [cmd for cmd, _ in self.serve_prechecks(cell)]
-        return [*checks, self.serve_command(cell, cell.settings.serving.port or PLAN_PORT,
-                                            None, workdir)]
-
-    def plan_accuracy(self, cell: Cell, workdir: Path) -> list[Command]:
-        task = self.accuracy_task(cell, workdir, write=False)
-        return [self.accuracy_command(cell, self._plan_url(cell), task, workdir)]
-
-    def plan_throughput(self, cell: Cell, workdir: Path) -> list[Command]:
-        url = self._plan_url(cell)
-        return [
-            self.bench_command(cell, url, c, workdir)
-            for c in cell.settings.throughput.concurrencies
-        ]
 
 
 def link_measurements(source_prefix: Path, target_prefix: Path) -> list[Path]:

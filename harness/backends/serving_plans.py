@@ -1,0 +1,64 @@
+"""What both backends' serving mixins share: the server spec and the --plan commands.
+
+The backends differ in how they build `vllm serve`, lm_eval and `vllm bench serve` (their
+serve_command / accuracy_command / bench_command); how those become a ServerSpec and a plan
+is the same, and lives here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from harness.cell import Cell
+from harness.process import Command
+from harness.serving.inc_plugin import READY_MARK
+from harness.serving.server import ServerSpec
+
+PLAN_PORT = 8688  # the seeds' port, shown by --plan; a run picks a free port
+
+
+class ServingPlans:
+    """Mixin: needs serve_command, serve_prechecks, served_name, serving_facts,
+    accuracy_task, accuracy_command and bench_command from the backend's serving mixin."""
+
+    def server_spec(
+        self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
+    ) -> ServerSpec:
+        s = cell.settings.serving
+        return ServerSpec(
+            command=self.serve_command(cell, port, calibration, workdir),
+            host=s.host,
+            port=port,
+            served_name=self.served_name(cell),
+            ready_timeout_s=s.ready_timeout_s,
+            # INC must say it prepared the model, or the server serves BF16 weights
+            ready_marks=(READY_MARK,) if cell.is_fp8 else (),
+            smoke_max_tokens=s.smoke_max_tokens,
+            facts=self.serving_facts(cell),
+        )
+
+    def _plan_url(self, cell: Cell) -> str:
+        s = cell.settings.serving
+        return f"http://{s.host}:{s.port or PLAN_PORT}"
+
+    def plan_serving(self, cell: Cell, workdir: Path) -> list[Command]:
+        checks = [cmd for cmd, _ in self.serve_prechecks(cell)]
+        port = cell.settings.serving.port
+        cmd = self.serve_command(cell, port or PLAN_PORT, None, workdir)
+        if not port:
+            note = cmd.description + "; a run picks a free port"
+            cmd = dataclasses.replace(cmd, description=note)
+        return [*checks, cmd]
+
+    def plan_accuracy(self, cell: Cell, workdir: Path) -> list[Command]:
+        task = self.accuracy_task(cell, workdir, write=False)
+        return [self.accuracy_command(cell, self._plan_url(cell), task, workdir)]
+
+    def plan_throughput(self, cell: Cell, workdir: Path) -> list[Command]:
+        url = self._plan_url(cell)
+        return [
+            self.bench_command(cell, url, c, workdir)
+            for c in cell.settings.throughput.concurrencies
+        ]
