@@ -30,6 +30,7 @@ from harness.calibration.recipe import StepFailed
 from harness.calibration.recipe import run_recipe
 from harness.cell import Cell
 from harness.errors import HarnessError
+from harness.process import Command
 
 
 @dataclass(frozen=True)
@@ -203,3 +204,21 @@ def artifacts(cell: Cell, backend: Any, p: Plan, done: dict[str, Any]) -> Calibr
         derived=p.derivation is not None,
         derivation=p.derivation.steps if p.derivation else (),
     )
+
+
+def plan_commands(cell: Cell, backend: Any, workdir: Path) -> list[Command]:
+    """The commands `ensure` would run for `cell`: the calibration, then its derivation unless
+    the calibration recipe already does it (calibrate_model.sh -r). A cell that cannot be
+    calibrated shows why, as `false` with the message the stage fails with."""
+    if not cell.is_fp8:
+        return []
+    cache = Path(backend.options.get("cache_dir") or Path(workdir) / "cache")
+    try:
+        p = plan(cell, backend, cache, materialize=False)
+        recipe = backend.calibration_recipe(p.job, p.derivation)
+        commands = recipe.commands()
+        if p.derivation is not None and recipe.derivation != p.derivation.name:
+            commands += backend.derivation_recipe(p.job, p.derivation).commands()
+    except HarnessError as exc:
+        return [Command(("false",), description=f"calibration cannot run: {exc}")]
+    return commands

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+
+# the plugin run the signal tests start themselves (pytester cannot signal an in-process run)
+HARNESS_RUN = [
+    sys.executable, "-m", "pytest", "--matrix", "m.yaml", "--results-dir", "out",
+    "-p", "no:randomly", "-q",
+]
 
 MATRIX = """
 name: plugtest
@@ -172,20 +179,9 @@ def test_bad_stages_option_quotes_the_value(project):
 def test_a_killed_run_keeps_the_stages_it_finished(project):
     """SIGKILL mid-run: finished stages are already on disk, each line whole."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--matrix",
-            "m.yaml",
-            "--results-dir",
-            "out",
-            "-p",
-            "no:randomly",
-            "-q",
-        ],
+        HARNESS_RUN,
         cwd=project.path,
-        env={**__import__("os").environ, "SLOW_S": "60"},
+        env={**os.environ, "SLOW_S": "60"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -200,7 +196,7 @@ def test_a_killed_run_keeps_the_stages_it_finished(project):
         else:
             pytest.fail("no preflight record appeared within 60 s")
     finally:
-        __import__("os").killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     recs = [json.loads(line) for line in files[0].read_text().splitlines()]
     assert [r.get("stage") for r in recs] == [None, "preflight"]
@@ -252,20 +248,9 @@ def test_collectives(cell, stage, tmp_path):
     )
     pidfile = project.path / "pids"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--matrix",
-            "m.yaml",
-            "--results-dir",
-            "out",
-            "-p",
-            "no:randomly",
-            "-q",
-        ],
+        HARNESS_RUN,
         cwd=project.path,
-        env={**__import__("os").environ, "PIDFILE": str(pidfile)},
+        env={**os.environ, "PIDFILE": str(pidfile)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

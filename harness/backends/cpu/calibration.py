@@ -198,20 +198,9 @@ class CpuCalibration:
                       results=results)
 
     def plan_calibration(self, cell: Cell, workdir: Path) -> list[Command]:
-        """The commands `ensure` would run for this cell (calibration, then derivation)."""
-        if not cell.is_fp8:
-            return []
         from harness.calibration import service
 
-        cache = Path(self.options.get("cache_dir") or Path(workdir) / "cache")
-        try:
-            p = service.plan(cell, self, cache, materialize=False)
-            commands = self.calibration_recipe(p.job, p.derivation).commands()
-            if p.derivation is not None:
-                commands += self.derivation_recipe(p.job, p.derivation).commands()
-        except HarnessError as exc:  # shown in the plan; the stage fails with the same text
-            return [Command(("false",), description=f"calibration cannot run: {exc}")]
-        return commands
+        return service.plan_commands(cell, self, workdir)
 
 
 def dataclass_replace(job: CalibrationJob, **changes: object) -> CalibrationJob:
