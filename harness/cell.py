@@ -67,6 +67,11 @@ def format_cell_id(
     return f"{model}/{place}/{par}/{quantization}-kv-{kv}"
 
 
+def bf16_twin_id(cell_id: str) -> str:
+    """The BF16 baseline an FP8 cell is judged against: same model, device and parallelism."""
+    return cell_id.rsplit("/", 1)[0] + "/bf16-kv-auto"
+
+
 @dataclass(frozen=True, slots=True)
 class Cell:
     """A matrix point. Immutable; `id` is stable across runs for history and baselines."""

@@ -48,6 +48,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     path = store.root / run_id / "results.jsonl"
     if not path.is_file():
         raise HarnessError(f"{path}: no such run; runs: {', '.join(store.runs()) or 'none'}")
+    if args.qualification:
+        from harness.report import qualification
+
+        run = qualification.load_run(store, run_id)
+        history = qualification.earlier_runs(store, run)
+        print(qualification.write_report(run, history, path.parent).read_text(), end="")
+        return 0
     context = next((r for r in read_records(path) if r.get("kind") == "run"), {})
     print(render_summary(store.load(run_id), str(context.get("matrix_name", "?")), run_id), end="")
     return 0
@@ -96,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="Print the Markdown summary of a run (default: latest)")
     report.add_argument("run", nargs="?", help="Run id (a directory under --results-dir)")
     report.add_argument("--results-dir", default="reports", metavar="DIR")
+    report.add_argument(
+        "--qualification",
+        action="store_true",
+        help="the sign-off report instead: verdict, run context, every gate, FP8 against BF16, "
+        "emulations, trend over earlier runs (rewrites report.md and trend.png of the run)",
+    )
     report.set_defaults(func=_cmd_report)
 
     comp = sub.add_parser(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fnmatch
 import platform
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -156,6 +158,7 @@ class HarnessSession:
                 "host": platform.node(),
                 "python": platform.python_version(),
                 "inventory": self.backend.inventory().detail,
+                "versions": self.backend.stack_versions(),
                 "started": now_iso(),
             }
         )
@@ -201,7 +204,7 @@ class HarnessSession:
             metrics=dict(rec.metrics),
             gates=[g.as_dict() for g in rec.gates],
             artifacts=_relative(rec.artifacts, self.store.dir),
-            started=now_iso(),
+            started=_started(report),
             duration_s=round(report.duration, 3),
             device=cell.device,
             backend=self.backend.name,
@@ -264,6 +267,23 @@ class HarnessSession:
         self.baseline_id = run_id
         return store.load(run_id)
 
+    def _write_report(self) -> None:
+        """report.md (+ trend.png) for sign-off; a broken plot must not cost the run's end."""
+        from harness.report import qualification
+        from harness.results import ResultStore
+
+        store = ResultStore(self.options.results_dir)
+        try:
+            run = qualification.load_run(store, self.store.run_id)
+            history = qualification.earlier_runs(store, run)
+            qualification.write_report(run, history, self.store.dir)
+        except (OSError, ValueError, ImportError, RuntimeError) as exc:
+            print(
+                f"harness: report.md not written ({type(exc).__name__}: {exc}); "
+                f"summary.md and results.jsonl are complete",
+                file=sys.stderr,
+            )
+
     def finish(self) -> list[str]:
         """Stop leftover processes; write summary.md (and compare.md with --baseline).
 
@@ -279,6 +299,7 @@ class HarnessSession:
         results = stage_results(self.store.path)
         summary = render_summary(results, self.matrix.name, self.store.run_id)
         write_atomic(self.store.dir / "summary.md", summary)
+        self._write_report()
         if self.baseline is None:
             return []
         deltas = compare(self.baseline, results, self.options.compare_fail)
@@ -292,6 +313,12 @@ class HarnessSession:
             for d in deltas
             if d.failure
         ]
+
+
+def _started(report: pytest.TestReport) -> str:
+    """When the stage's test began (the report is made at its end)."""
+    start = getattr(report, "start", None) or time.time() - report.duration
+    return dt.datetime.fromtimestamp(start, dt.UTC).isoformat(timespec="seconds")
 
 
 def _message(report: pytest.TestReport) -> str:

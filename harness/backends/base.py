@@ -80,6 +80,10 @@ class Backend(Protocol):
         """Environment every command of the cell gets (offline flags, thread binding, ...)."""
         ...
 
+    def stack_versions(self) -> dict[str, str | None]:
+        """Versions of the serving stack here (None: not installed), kept with the run."""
+        ...
+
     def plan(self, cell: Cell, stage: Stage, workdir: Path) -> list[Command]:
         """The exact commands `stage` of `cell` would run, for --plan and golden tests."""
         ...

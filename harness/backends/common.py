@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
 from harness.cell import Cell
@@ -9,14 +10,30 @@ from harness.cell import Stage
 from harness.process import Command
 
 
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions by distribution name, without importing the packages."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 class BackendCore:
     """Dispatches `plan(cell, stage)` to `plan_<stage>` of the stage mixins."""
 
     name = "base"
     devices: frozenset[str] = frozenset()
+    stack_packages: tuple[str, ...] = ()  # recorded with every run (and checked by preflight)
 
     def __init__(self, options: dict | None = None) -> None:
         self.options = dict(options or {})
+
+    def stack_versions(self) -> dict[str, str | None]:
+        """The serving stack on the host running pytest, for the run's context line."""
+        return package_versions(self.stack_packages)
 
     def plan(self, cell: Cell, stage: Stage, workdir: Path) -> list[Command]:
         planner = getattr(self, f"plan_{Stage(stage).value}", None)

