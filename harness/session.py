@@ -44,16 +44,19 @@ STAGE_MARKERS = {s.value: s for s in Stage}
 _STAGE_KEY = pytest.StashKey["Stage | None"]()
 
 
-def stage_of(item: pytest.Item) -> Stage | None:
-    """The stage a suite test belongs to: its stage marker (`pytestmark = pytest.mark.<stage>`)."""
-    if _STAGE_KEY not in item.stash:
-        found = None
-        for mark in item.iter_markers():
-            if mark.name in STAGE_MARKERS:
-                found = STAGE_MARKERS[mark.name]
-                break
-        item.stash[_STAGE_KEY] = found
-    return item.stash[_STAGE_KEY]
+def stage_of(node: pytest.Item | pytest.Collector) -> Stage | None:
+    """The stage a suite test belongs to: its stage marker (`pytestmark = pytest.mark.<stage>`).
+
+    Looked up like `iter_markers` (own marks first, then the parents'), but each node keeps its
+    answer, so a module's marks are read once rather than once per cell of a large matrix."""
+    if _STAGE_KEY not in node.stash:
+        found = next(
+            (STAGE_MARKERS[m.name] for m in node.own_markers if m.name in STAGE_MARKERS), None
+        )
+        if found is None and node.parent is not None:
+            found = stage_of(node.parent)
+        node.stash[_STAGE_KEY] = found
+    return node.stash[_STAGE_KEY]
 
 
 def stop_on_sigterm() -> None:

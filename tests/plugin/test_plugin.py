@@ -133,6 +133,33 @@ def test_standard_k_and_m_still_select(project):
     run(project, "-m", "collectives and cpu").assert_outcomes(passed=2)
 
 
+def test_a_stage_marker_on_the_function_orders_it_like_a_module_marker(pytester):
+    pytester.makefile(".yaml", m=MATRIX)
+    pytester.makepyfile(
+        test_mixed="""
+import pytest
+
+@pytest.mark.collectives
+def test_collectives(cell, stage):
+    stage.recorder.metric("probe", 1)
+
+@pytest.mark.preflight
+def test_preflight(cell, stage):
+    stage.run()
+"""
+    )
+    result = run(pytester, "-v", "--cells", "alpha/*")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_preflight?alpha*PASSED*", "*test_collectives?alpha*PASSED*"])
+
+
+def test_collection_leaves_the_garbage_collector_on(project):
+    import gc
+
+    run(project, "--collect-only").stdout.fnmatch_lines(["*4 tests collected*"])
+    assert gc.isenabled()
+
+
 def test_junit_xml_carries_stage_metrics_as_properties(project):
     run(project, "--junitxml", "junit.xml")
     xml = (project.path / "junit.xml").read_text()
