@@ -13,7 +13,7 @@ from harness.backends.base import CheckStatus
 from harness.backends.base import Inventory
 from harness.backends.cpu import CpuBackend
 from harness.backends.gaudi import GaudiBackend
-from harness.backends.gaudi import preflight as gaudi
+from harness.backends.gaudi import node_checks
 from harness.cell import Cell
 from harness.cell import Stage
 from harness.errors import StageError
@@ -96,7 +96,7 @@ def test_a_nic_port_down_fails_with_the_seed_down_up_fix():
 def test_nic_script_missing_inside_a_container_is_a_warning_that_says_run_it_on_the_host():
     gone = node(commands={"nic": {"rc": 127, "out": "sh: 1: manage_network_ifs.sh: not found"}})
     cell = cell_of("nightly-g3", "llama-3.1-8b/g3/tp1/bf16-kv-auto")
-    check = gaudi._nics(cell, probe(gone))
+    check = node_checks.nic_ports(cell, probe(gone))
     assert check.status is CheckStatus.WARN
     assert "/opt/habanalabs/qual/gaudi3/bin/manage_network_ifs.sh not found" in check.message
 
@@ -110,7 +110,7 @@ def test_nic_script_missing_inside_a_container_is_a_warning_that_says_run_it_on_
     ids=["unset", "no-such-interface"],
 )
 def test_multi_node_cells_need_gloo_socket_ifname_naming_an_interface(env, expect):
-    checks = by_name(gaudi._multi_node_env(probe(node(), node("10.0.0.2", env=env))))
+    checks = by_name(node_checks.multi_node_env(probe(node(), node("10.0.0.2", env=env))))
     check = checks["env.GLOO_SOCKET_IFNAME"]
     assert check.status is CheckStatus.FAIL and expect in check.message
     assert "export GLOO_SOCKET_IFNAME=" in check.hint and "seed 000 step 4" in check.hint
@@ -118,9 +118,9 @@ def test_multi_node_cells_need_gloo_socket_ifname_naming_an_interface(env, expec
 
 
 def test_lazy_collectives_unset_warns_and_a_false_value_fails():
-    unset = gaudi._multi_node_env(probe(node(env={"PT_HPU_ENABLE_LAZY_COLLECTIVES": None})))
+    unset = node_checks.multi_node_env(probe(node(env={"PT_HPU_ENABLE_LAZY_COLLECTIVES": None})))
     assert by_name(unset)["env.PT_HPU_ENABLE_LAZY_COLLECTIVES"].status is CheckStatus.WARN
-    wrong = gaudi._multi_node_env(probe(node(env={"PT_HPU_ENABLE_LAZY_COLLECTIVES": "false"})))
+    wrong = node_checks.multi_node_env(probe(node(env={"PT_HPU_ENABLE_LAZY_COLLECTIVES": "false"})))
     assert by_name(wrong)["env.PT_HPU_ENABLE_LAZY_COLLECTIVES"].status is CheckStatus.FAIL
 
 
@@ -159,7 +159,7 @@ def test_this_host_is_counted_with_discovery_when_no_ray_is_used():
 
 def test_a_device_that_is_not_operational_fails_health():
     sick = node(commands={"device_status": {"rc": 0, "out": "operational\nneeds reset\n"}})
-    check = gaudi._health(probe(sick))
+    check = node_checks.device_health(probe(sick))
     assert check.status is CheckStatus.FAIL and "accel1 needs reset" in check.message
 
 
@@ -211,17 +211,17 @@ def converted(root: Path, shards: int, present: int) -> None:
 
 def test_deepseek_on_gaudi2_needs_every_converted_shard(tmp_path):
     converted(tmp_path / "DeepSeek-R1-0528-G2", 3, 3)
-    assert gaudi.converted_weights(deepseek_on(str(tmp_path / "DeepSeek-R1-0528-G2"))).status is (
+    assert node_checks.converted_weights(deepseek_on(str(tmp_path / "DeepSeek-R1-0528-G2"))).status is (
         CheckStatus.PASS
     )
     converted(tmp_path / "half-G2", 163, 100)
-    check = gaudi.converted_weights(deepseek_on(str(tmp_path / "half-G2")))
+    check = node_checks.converted_weights(deepseek_on(str(tmp_path / "half-G2")))
     assert check.status is CheckStatus.FAIL and "63 of 163 shards missing" in check.message
     assert check.hint.startswith(f"python scripts/convert_for_g2.py -i {tmp_path / 'half'} -o ")
 
 
 def test_deepseek_from_the_hub_on_gaudi2_is_refused_with_the_conversion_command():
-    check = gaudi.converted_weights(deepseek_on(None))
+    check = node_checks.converted_weights(deepseek_on(None))
     assert check.status is CheckStatus.FAIL and "not converted" in check.message
     assert "convert_for_g2.py -i /data/hf_models/DeepSeek-R1 -o" in check.hint
 

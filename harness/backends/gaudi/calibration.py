@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from harness.backends.gaudi.discovery import CARDS_PER_NODE
 from harness.calibration import config as configs
 from harness.calibration.key import file_digest
 from harness.calibration.recipe import CalibrationJob
@@ -31,7 +32,6 @@ from harness.cell import Cell
 from harness.errors import HarnessError
 from harness.process import Command
 
-CARDS_PER_NODE = 8
 RAY_HPU_CHECK = 'import ray; ray.init(); print(int(ray.available_resources()["HPU"]))'
 MULTI_NODE_ENV = {
     "PT_HPU_ENABLE_LAZY_COLLECTIVES": "true",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import cluster
+from harness.backends.gaudi.discovery import CARDS_PER_NODE
 from harness.cell import Cell
 from harness.collectives.bandwidth import BandwidthRow
 from harness.collectives.bandwidth import format_size
@@ -17,7 +18,6 @@ from harness.collectives.launch import CommandOutput
 from harness.collectives.launch import rounds
 from harness.process import Command
 
-CARDS_PER_NODE = 8
 SEED_SIZES = ("32m",)
 CSV = "hccl_demo_node{node}.csv"
 

@@ -9,6 +9,7 @@ from harness.backends.base import Inventory
 
 # hl-smi / HLML report product names like "HL-225" (Gaudi2) and "HL-325L" (Gaudi3).
 _GENERATION_BY_PREFIX = {"HL-2": "g2", "HL-3": "g3"}
+CARDS_PER_NODE = 8  # a Gaudi2/Gaudi3 server holds 8 cards (OAM modules)
 NO_GAUDI_HINT = "install the Habana driver and hl-smi, or use --backend cpu"
 
 
