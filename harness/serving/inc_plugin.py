@@ -66,6 +66,18 @@ def _register_quant_config() -> None:
     from vllm.model_executor.layers.quantization import register_quantization_config
     from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 
+    class _KeepWeightLinearMethod(UnquantizedLinearMethod):
+        """BF16 linear that keeps `layer.weight` for INC to quantize after loading.
+
+        On hosts with AVX-512 (oneDNN or SGL kernels), vLLM CPU repacks a linear's weight into
+        its own format and leaves an empty `weight` behind; INC's patched module then multiplies
+        by nothing. vLLM's own opt-out (`_cpu_skip_gemm_dispatch`) keeps the weight and a plain
+        F.linear, which is what INC replaces anyway."""
+
+        def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+            layer._cpu_skip_gemm_dispatch = True
+            super().process_weights_after_loading(layer)
+
     @register_quantization_config("inc")
     class HarnessINCConfig(QuantizationConfig):
         """Load BF16 as vllm-gaudi does for INC; INC converts the model after loading."""
@@ -92,7 +104,7 @@ def _register_quant_config() -> None:
 
         def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> Any:
             if isinstance(layer, LinearBase):
-                return UnquantizedLinearMethod()
+                return _KeepWeightLinearMethod()
             if isinstance(layer, RoutedExperts):
                 method = fp8_moe_method(UnquantizedFusedMoEMethod) if _quantize_mode() else (
                     UnquantizedFusedMoEMethod
@@ -230,11 +242,16 @@ def speed_up_qdq(model: Any) -> tuple[int, int]:
             return self.value
 
     weights = activations = 0
-    for module in model.modules():
+    for name, module in model.named_modules():
         if not getattr(module, "use_qdq", False):
             continue
         dequant = getattr(module, "dequant_weights", None)
         weight = getattr(module, "weight", None)
+        if weight is not None and weight.numel() == 0:
+            raise RuntimeError(
+                f"INC converted {name} without its weight (empty tensor): vLLM CPU repacked "
+                "the weight away before INC ran; the harness's inc linear method must keep it"
+            )
         if dequant is not None and weight is not None and not getattr(
             dequant, "harness_const", False
         ):

@@ -47,3 +47,28 @@ def test_streamlined_qdq_gives_incs_outputs_bit_for_bit(tmp_path):
     after = converted(x), converted(big)
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
     assert speed_up_qdq(converted)[0] == 0  # weights are dequantized once, not again
+
+
+def test_a_weight_repacked_away_before_inc_is_a_clear_error(tmp_path):
+    torch = pytest.importorskip("torch")
+    inc = pytest.importorskip("neural_compressor.torch.quantization")
+    from torch import nn
+
+    from harness.serving.inc_plugin import speed_up_qdq
+
+    model = nn.Sequential(nn.Linear(16, 16, bias=False)).to(torch.bfloat16)
+    cfg = {"method": "HOOKS", "mode": "MEASURE", "observer": "maxabs",
+           "dump_stats_path": str(tmp_path / "inc_output"), "use_qdq": True}
+    (tmp_path / "m.json").write_text(json.dumps(cfg))
+    (tmp_path / "q.json").write_text(json.dumps({**cfg, "mode": "QUANTIZE",
+                                                 "scale_method": "maxabs_hw",
+                                                 "device_for_scales": "GAUDI3"}))
+    prepared = inc.prepare(model, inc.FP8Config.from_json_file(str(tmp_path / "m.json")))
+    prepared(torch.randn(2, 16, dtype=torch.bfloat16))
+    inc.finalize_calibration(prepared)
+    fresh = nn.Sequential(nn.Linear(16, 16, bias=False)).to(torch.bfloat16)
+    converted = inc.convert(fresh, inc.FP8Config.from_json_file(str(tmp_path / "q.json")))
+    # what vLLM CPU's oneDNN/SGL dispatch leaves behind on an AVX-512 host
+    converted[0].weight = nn.Parameter(torch.empty(0, dtype=torch.bfloat16), requires_grad=False)
+    with pytest.raises(RuntimeError, match=r"converted 0 without its weight"):
+        speed_up_qdq(converted)
