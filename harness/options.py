@@ -125,6 +125,8 @@ class RunOptions:
     cache_dir: Path
     baseline: str | None = None
     compare_fail: tuple[RegressionCheck, ...] = ()
+    # the options that narrowed the run to part of the matrix, as typed (for the report)
+    selection: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Any) -> RunOptions:
@@ -148,4 +150,21 @@ class RunOptions:
             cache_dir=cache if cache.is_absolute() else root / cache,
             baseline=config.getoption("harness_baseline"),
             compare_fail=tuple(config.getoption("harness_compare_fail") or ()),
+            selection=_selection(config),
         )
+
+
+def _selection(config: Any) -> tuple[str, ...]:
+    """--cells, --stages, -k and -m as given: what made this run a part of its matrix."""
+    out = []
+    cells = config.getoption("harness_cells")
+    if cells:
+        out.append("--cells " + ",".join(cells))
+    stages = config.getoption("harness_stages")
+    if stages:
+        out.append("--stages " + ",".join(s.value for s in stages))
+    for flag, dest in (("-k", "keyword"), ("-m", "markexpr")):
+        value = config.getoption(dest, default="")
+        if value:
+            out.append(f"{flag} {value}")
+    return tuple(out)

@@ -80,9 +80,11 @@ def cell_of(item: pytest.Item) -> Cell | None:
 
 
 def _git_commit(root: Path) -> str:
+    """The harness checkout's commit, `-dirty` when tracked files differ from it (a result of
+    uncommitted code must not pass for the commit's)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"],
             cwd=root,
             capture_output=True,
             text=True,
@@ -157,7 +159,9 @@ class HarnessSession:
                 "matrix_sha256": self.matrix.digest,
                 "backend": self.backend.name,
                 "harness_version": __version__,
-                "commit": _git_commit(self.matrix.path.parent),
+                "commit": _git_commit(Path(__file__).resolve().parent),
+                "selection": list(self.options.selection),
+                "matrix_stages": sum(len(c.stages) for c in self.matrix.cells),
                 "host": platform.node(),
                 "python": platform.python_version(),
                 "inventory": self.backend.inventory().detail,

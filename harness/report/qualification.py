@@ -79,6 +79,13 @@ def verdict(run: Run) -> tuple[str, str]:
         return "INCOMPLETE", (
             f"{counts['skipped']} of {total} stage(s) skipped: a skipped stage qualifies nothing"
         )
+    expected = int(run.context.get("matrix_stages") or 0)  # absent in records before 2026-12
+    if total < expected:
+        how = " ".join(run.context.get("selection") or ()) or "the run ended early"
+        return "INCOMPLETE", (
+            f"{total} of the matrix's {expected} stages ran ({how}); they all passed, but a "
+            "part of the matrix qualifies only that part"
+        )
     return "QUALIFIED", f"all {total} stages of {cells} cell(s) passed their gates"
 
 
@@ -102,6 +109,7 @@ def _context_lines(run: Run) -> list[str]:
             f"sha256 {c.get('matrix_sha256', '?')})",
         ),
         ("backend", c.get("backend", "?")),
+        ("selection", " ".join(c.get("selection") or ()) or "the whole matrix"),
         ("host", f"{c.get('host', '?')}: {c.get('inventory', '?')}"),
         ("harness", f"{c.get('harness_version', '?')} at commit {c.get('commit', '?')}"),
         ("python", c.get("python", "?")),
@@ -293,7 +301,9 @@ def plot_trend(run: Run, history: list[Run], path: Path) -> bool:
     x = list(range(len(runs)))
     for ax, (label, series) in zip(axes[:, 0], panels, strict=True):
         for cell, vals in series.items():
-            ax.plot(x, [math.nan if v is None else v for v in vals], marker="o", label=cell)
+            # a cell absent from a run (a --cells run) is a gap, not a break in its line
+            xs = [i for i, v in zip(x, vals, strict=True) if v is not None]
+            ax.plot(xs, [v for v in vals if v is not None], marker="o", label=cell)
         ax.set_ylabel(label)
         ax.set_xticks(x, [r.run_id[:15] for r in runs], rotation=30, ha="right", fontsize=7)
         ax.grid(alpha=0.3)

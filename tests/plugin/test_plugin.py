@@ -192,6 +192,10 @@ def test_each_run_writes_a_qualification_report_with_the_trend_of_earlier_runs(p
     assert second != first
     report = (second / "report.md").read_text()
     assert "oldest first" in report and first.name in report
+    # two of the matrix's four stages ran: passing them qualifies that part only
+    assert "**Verdict: INCOMPLETE**: 2 of the matrix's 4 stages ran (--cells alpha/*)" in report
+    context = json.loads((second / "results.jsonl").read_text().splitlines()[0])
+    assert context["selection"] == ["--cells alpha/*"] and context["matrix_stages"] == 4
 
 
 def test_plan_prints_cells_and_stages_and_runs_nothing(project):

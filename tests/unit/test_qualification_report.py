@@ -48,6 +48,19 @@ def test_verdict_needs_every_stage_to_run_and_pass():
     assert q.verdict(_run([]))[0] == "INCOMPLETE"
 
 
+def test_a_run_of_part_of_the_matrix_is_incomplete_and_says_which_part():
+    ctx = {**_context(), "matrix_stages": 12, "selection": ["--cells m/*/fp8-*"]}
+    word, why = q.verdict(q.Run("r2", ctx, _passing()))
+    assert word == "INCOMPLETE"
+    assert "5 of the matrix's 12 stages ran (--cells m/*/fp8-*)" in why
+    assert "| selection | --cells m/*/fp8-* |" in q.render(q.Run("r2", ctx, _passing()), [])
+    whole = {**_context(), "matrix_stages": 5, "selection": []}
+    assert q.verdict(q.Run("r2", whole, _passing()))[0] == "QUALIFIED"
+    assert "| selection | the whole matrix |" in q.render(q.Run("r2", whole, _passing()), [])
+    stopped = {**_context(), "matrix_stages": 9}
+    assert "the run ended early" in q.verdict(q.Run("r2", stopped, _passing()))[1]
+
+
 def test_report_lists_every_gate_with_its_bound_and_marks_failures():
     results = _passing()
     results[3].gates = [

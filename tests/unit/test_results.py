@@ -76,3 +76,22 @@ def test_run_ids_sort_by_start_time_even_within_one_second():
     t0 = dt.datetime(2026, 11, 23, 16, 15, 0, 1000)
     ids = [new_run_id(t0 + dt.timedelta(milliseconds=i)) for i in range(50)]
     assert sorted(ids) == ids
+
+
+def test_the_run_commit_says_when_the_code_differs_from_it(tmp_path):
+    import subprocess
+
+    from harness.session import _git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    clean = _git_commit(tmp_path)
+    assert len(clean) == 7 and not clean.endswith("-dirty")
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert _git_commit(tmp_path) == clean + "-dirty"
+    assert _git_commit(tmp_path / "no-such-dir") == ""
