@@ -29,6 +29,7 @@ from harness.matrix_files import load_yaml
 from harness.matrix_files import resolve_matrix_path
 from harness.matrix_files import unknown_name as _unknown
 from harness.matrix_files import validation_message as _validation_message
+from harness.settings import BackendOptions
 from harness.settings import StageSettings
 
 
@@ -105,7 +106,7 @@ class Override(_Strict):
     cells: str  # glob on cell ids
     gates: dict[str, GateSpec] = Field(default_factory=dict)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    backend_options: dict[str, Any] = Field(default_factory=dict)
+    backend_options: BackendOptions = BackendOptions()
 
 
 class MatrixSpec(_Strict):
@@ -122,7 +123,7 @@ class MatrixSpec(_Strict):
     gates: dict[str, GateSpec] = Field(default_factory=dict)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     overrides: list[Override] = Field(default_factory=list)
-    backend_options: dict[str, Any] = Field(default_factory=dict)
+    backend_options: BackendOptions = BackendOptions()
 
 
 class Matrix:
@@ -273,13 +274,15 @@ def _resolve(
 ) -> tuple[StageSettings, dict[str, GateSpec], dict[str, Any]]:
     settings = {k: dict(v) for k, v in spec.settings.items()}
     gates = dict(base_gates)
-    options = dict(spec.backend_options)
+    options = spec.backend_options.as_dict()
     for i in applied:
         ov = spec.overrides[i]
         for stage, values in ov.settings.items():
             settings.setdefault(stage, {}).update(values)
         gates = merge_gates(gates, ov.gates)
-        options.update(ov.backend_options)
+        extra = ov.backend_options.as_dict()
+        env = {**options.get("env", {}), **extra.pop("env", {})}
+        options.update(extra, **({"env": env} if env else {}))
     try:
         resolved = StageSettings.model_validate(settings)
     except ValidationError as exc:

@@ -119,3 +119,21 @@ class StageSettings(_Strict):
     serving: ServingSettings = ServingSettings()
     accuracy: AccuracySettings = AccuracySettings()
     throughput: ThroughputSettings = ThroughputSettings()
+
+
+class BackendOptions(_Strict):
+    """A matrix's `backend_options` (an override may set them for its cells): how the backend
+    runs, not what a stage measures. Unknown keys are load errors, not silently ignored."""
+
+    # added to the environment of every command of the cell (an override's env adds to it)
+    env: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # cpu: keep an FP8 KV cache natively or emulate it; default: native where the CPU can
+    fp8_kv_cache: Literal["native", "emulated"] | None = None
+    ray_address: str | None = None  # an existing Ray cluster, e.g. "192.168.1.101:8850"
+    head_ip: str | None = None  # the head node's IP for multi-node commands
+    vllm_fork_dir: str | None = None  # gaudi: the vllm-fork checkout (its scripts/quant_configs)
+    quant_configs_dir: str | None = None  # gaudi: INC quant configs, if not under vllm_fork_dir
+
+    def as_dict(self) -> dict[str, Any]:
+        """Only the keys the matrix set, so that an override adds to the matrix's options."""
+        return self.model_dump(exclude_unset=True)

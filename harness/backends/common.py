@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from harness.cell import Cell
 from harness.cell import Stage
@@ -21,6 +22,11 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     return versions
 
 
+def _env_text(value: Any) -> str:
+    """YAML's true/false as the shell spells them (PT_HPU_ENABLE_LAZY_COLLECTIVES=true)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 class BackendCore:
     """Dispatches `plan(cell, stage)` to `plan_<stage>` of the stage mixins."""
 
@@ -30,6 +36,20 @@ class BackendCore:
 
     def __init__(self, options: dict | None = None) -> None:
         self.options = dict(options or {})
+
+    def option(self, cell: Cell | None, key: str, default: Any = None) -> Any:
+        """A backend option: the cell's (the matrix's backend_options, overrides applied) before
+        the run's (workdir, cache_dir)."""
+        if cell is not None and cell.backend_options.get(key) is not None:
+            return cell.backend_options[key]
+        return self.options.get(key, default)
+
+    def extra_env(self, cell: Cell | None) -> dict[str, str]:
+        """backend_options.env: added to every command the cell runs."""
+        env = dict(self.options.get("env") or {})
+        if cell is not None:
+            env.update(cell.backend_options.get("env") or {})
+        return {str(k): _env_text(v) for k, v in env.items()}
 
     def stack_versions(self) -> dict[str, str | None]:
         """The serving stack on the host running pytest, for the run's context line."""

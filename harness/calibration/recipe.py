@@ -45,6 +45,7 @@ class CalibrationJob:
     timeout_s: float = 3600.0
     scripts_dir: str | None = None  # gaudi: vllm-gaudi/calibration
     quant_config_buffer: str | None = None  # gaudi multi-node: QUANT_CONFIG buffer on NFS
+    env: tuple[tuple[str, str], ...] = ()  # backend_options.env of the cell (not in the key)
 
     @property
     def world(self) -> int:

@@ -68,6 +68,7 @@ def plan(cell: Cell, backend: Any, cache_dir: Path, materialize: bool = True) ->
         timeout_s=s.timeout_s,
         scripts_dir=s.scripts_dir,
         quant_config_buffer=s.quant_config_buffer,
+        env=tuple(sorted(backend.extra_env(cell).items())),
     )
     measure_cfg, quant_cfg = backend.calibration_configs(job)
     key = keys.CalibrationKey(

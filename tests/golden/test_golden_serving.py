@@ -245,3 +245,15 @@ def test_a_multi_node_cell_links_its_set_beside_the_calibration_on_shared_storag
     assert prefix == tmp_path / "nfs" / "inc_prefix-fp8_inc"
     linked = list((prefix / "scripts" / "nc_workspace_measure_kvcache").glob("*_15_16.npz"))
     assert len(linked) == 1
+
+
+def test_a_cells_vllm_fork_dir_and_env_from_the_matrix_reach_the_server_command(gaudi):
+    cell = dataclasses.replace(
+        _cells("nightly-g2")["llama-3.1-8b/g2/tp1/fp8-kv-fp8_inc"],
+        backend_options={"vllm_fork_dir": "/opt/vllm-fork", "env": {"VLLM_SKIP_WARMUP": True}},
+    )
+    cmd = gaudi.serve_command(cell, 8688, None, Path("/tmp/w"))
+    assert cmd.env["QUANT_CONFIG"] == (
+        "/opt/vllm-fork/scripts/quant_configs/inc_quant_per_channel_with_fp8kv_config.json"
+    )
+    assert cmd.env["VLLM_SKIP_WARMUP"] == "true"

@@ -221,3 +221,10 @@ def test_a_gaudi_plan_without_a_dataset_names_the_setting(tmp_path):
              quantization="fp8")
     (cmd,) = GaudiBackend({"cache_dir": str(tmp_path)}).plan_calibration(c, tmp_path)
     assert "settings.calibration.dataset is required" in cmd.description
+
+
+def test_the_cells_backend_env_reaches_every_calibration_rank(tmp_path):
+    c = dataclasses.replace(cell(tmp_path), backend_options={"env": {"KMP_AFFINITY": "disabled"}})
+    commands = CpuBackend({"cache_dir": str(tmp_path)}).plan_calibration(c, tmp_path)
+    ranks = [cmd for cmd in commands if "harness.calibration.worker" in cmd.argv]
+    assert len(ranks) == 2 and all(cmd.env["KMP_AFFINITY"] == "disabled" for cmd in ranks)

@@ -98,6 +98,21 @@ MALFORMED = [
         r"include\[0\]: an include rule must name its model",
     ),
     (
+        "unknown-backend-option",
+        GOOD + "backend_options: {fp8_kv_cach: emulated}\n",
+        r"backend_options\.fp8_kv_cach: unknown key",
+    ),
+    (
+        "bad-backend-option-value",
+        GOOD + "backend_options: {fp8_kv_cache: fake}\n",
+        r"backend_options\.fp8_kv_cache: .*'native' or 'emulated'",
+    ),
+    (
+        "unknown-override-backend-option",
+        GOOD + "overrides:\n  - cells: '*'\n    backend_options: {rayaddress: h:1}\n",
+        r"overrides\[0\]\.backend_options\.rayaddress: unknown key",
+    ),
+    (
         "gate-key-without-stage",
         GOOD + "gates:\n  busbw: {min: 1}\n",
         r"gates\.busbw: gate keys are '<stage>\.<metric>'",
@@ -260,3 +275,19 @@ def test_multinode_matrix_has_the_seed_cells():
     assert "deepseek-r1-0528/g2-n4/tp32-ep32/fp8-kv-fp8_inc" in ids
     assert "llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc" in ids
     assert "llama-3.1-405b/g2-n2/tp16/fp8-kv-fp8_inc" in ids
+
+
+def test_backend_options_reach_the_cell_and_an_override_adds_to_the_env(tmp_path):
+    m = load_matrix(write(tmp_path, GOOD + """
+backend_options:
+  fp8_kv_cache: emulated
+  env: {VLLM_SKIP_WARMUP: true, OMP_NUM_THREADS: 2}
+overrides:
+  - cells: 'moe/*'
+    backend_options: {env: {EXTRA: x}, fp8_kv_cache: native}
+"""))
+    by = {c.model.name: c.backend_options for c in m.cells}
+    assert by["dense"] == {"fp8_kv_cache": "emulated",
+                           "env": {"VLLM_SKIP_WARMUP": True, "OMP_NUM_THREADS": 2}}
+    assert by["moe"] == {"fp8_kv_cache": "native",
+                         "env": {"VLLM_SKIP_WARMUP": True, "OMP_NUM_THREADS": 2, "EXTRA": "x"}}

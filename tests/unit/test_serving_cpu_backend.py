@@ -141,3 +141,25 @@ def test_goodput_slos_become_bench_flags(cells, tmp_path):
     argv = list(cmd.argv)
     i = argv.index("--goodput")
     assert argv[i + 1: i + 3] == ["ttft:2000", "tpot:100"]
+
+
+def test_the_matrix_backend_options_of_a_cell_reach_its_commands(cells):
+    """backend_options come with the cell (matrix, then overrides), not with the backend."""
+    cell = dataclasses.replace(
+        cells["tiny-llama/cpu/tp1/fp8-kv-fp8"],
+        backend_options={"fp8_kv_cache": "emulated", "env": {"EXTRA_FLAG": True, "N": 2}},
+    )
+    backend = _backend(fp8_kv_cache="native")  # the cell's option wins over the run's
+    cmd = backend.serve_command(cell, 8123, SimpleNamespace(quant_config="q.json"))
+    assert cmd.env[KV_QDQ_ENV] == "fp8" and backend.serving_facts(cell)["emulated"] == "kv_cache"
+    assert cmd.env["EXTRA_FLAG"] == "true" and cmd.env["N"] == "2"
+    bench = backend.bench_command(cell, "http://127.0.0.1:8123", 1, Path("/tmp/w"))
+    assert bench.env["EXTRA_FLAG"] == "true"
+
+
+def test_an_emulation_asked_for_says_so_rather_than_blaming_the_cpu(cells):
+    cell = cells["tiny-llama/cpu/tp1/fp8-kv-fp8"]
+    forced = dataclasses.replace(cell, backend_options={"fp8_kv_cache": "emulated"})
+    assert _backend().serving_facts(forced)["kv_cache"].endswith(
+        "(QDQ into a BF16 cache: backend_options.fp8_kv_cache)"
+    )

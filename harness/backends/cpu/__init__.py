@@ -42,5 +42,5 @@ class CpuBackend(CpuPreflight, CpuCollectives, CpuCalibration, CpuServing, Backe
 
     def cell_env(self, cell: Cell) -> dict[str, str]:
         env = dict(OFFLINE_ENV)
-        env.update({str(k): str(v) for k, v in self.options.get("env", {}).items()})
+        env.update(self.extra_env(cell))
         return env

@@ -95,8 +95,10 @@ class CpuCalibration:
         )
 
     # recipes -------------------------------------------------------------------------------
-    def _ranks(self, spec: WorkerSpec, spec_path: Path, name: str, what: str) -> Step:
-        env = {str(k): str(v) for k, v in self.options.get("env", {}).items()}
+    def _ranks(
+        self, job: CalibrationJob, spec: WorkerSpec, spec_path: Path, name: str, what: str
+    ) -> Step:
+        env = dict(job.env)
         env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                     "TRANSFORMERS_OFFLINE": "1", "MASTER_ADDR": "127.0.0.1",
                     "MASTER_PORT": str(spec.master_port), "WORLD_SIZE": str(spec.world),
@@ -139,7 +141,7 @@ class CpuCalibration:
                           (MEASURE, POSTPROCESS, QUANTIZE))
         spec_path = work / "spec.json"
         measure, quant = self.calibration_configs(job)
-        step = self._ranks(spec, spec_path, "calibrate",
+        step = self._ranks(job, spec, spec_path, "calibrate",
                            "measure, postprocess, quantize (calibrate_model.sh steps 1-4)")
         return Recipe(
             steps=(step,),
@@ -190,7 +192,7 @@ class CpuCalibration:
             work = out / "work"
             spec = self._spec(job, layout, work, d.tp, d.ep, d.world, (QUANTIZE,))
             spec_path = work / "spec.json"
-            steps.append(self._ranks(spec, spec_path, "quantize",
+            steps.append(self._ranks(job, spec, spec_path, "quantize",
                                      "quantize the derived set (step 4)"))
             writes[spec_path] = asdict(spec)
             results = tuple(spec.result_path(r) for r in range(d.world))

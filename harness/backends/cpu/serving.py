@@ -67,7 +67,7 @@ class CpuServing(ServingPlans):
         """native | emulated | auto: how the cell's KV-cache dtype is honoured here."""
         if cell.kv_cache_dtype == "auto":
             return "auto"
-        forced = self.options.get("fp8_kv_cache")  # backend option: native | emulated
+        forced = self.option(cell, "fp8_kv_cache")  # backend option: native | emulated
         if forced in ("native", "emulated"):
             return str(forced)
         return "native" if host_has_fp8_kv_cache() else "emulated"
@@ -80,8 +80,13 @@ class CpuServing(ServingPlans):
             emulated.append("kv_cache")
         if cell.is_fp8 and cell.model.moe:
             emulated.append("moe_experts")
+        why = (
+            "backend_options.fp8_kv_cache"
+            if self.option(cell, "fp8_kv_cache") == "emulated"
+            else "this CPU lacks AVX-512/AMX"
+        )
         kv = cell.kv_cache_dtype if kv_mode in ("auto", "native") else (
-            f"{cell.kv_cache_dtype} emulated (QDQ into a BF16 cache: this CPU lacks AVX-512/AMX)"
+            f"{cell.kv_cache_dtype} emulated (QDQ into a BF16 cache: {why})"
         )
         facts = {
             "weights": "fp8 via INC convert (QDQ on CPU)" if cell.is_fp8 else "bf16",

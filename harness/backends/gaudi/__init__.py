@@ -46,5 +46,5 @@ class GaudiBackend(GaudiPreflight, GaudiCollectives, GaudiCalibration, GaudiServ
         env: dict[str, str] = {}
         if cell.multi_node:
             env["PT_HPU_ENABLE_LAZY_COLLECTIVES"] = "true"
-        env.update({str(k): str(v) for k, v in self.options.get("env", {}).items()})
+        env.update(self.extra_env(cell))
         return env

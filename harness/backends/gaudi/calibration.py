@@ -112,7 +112,7 @@ class GaudiCalibration:
         """Calibrate_model.sh, with `-r` when the cell only needs a unify (seed 000 step 7)."""
         multi_node = job.tp > CARDS_PER_NODE
         scripts = self._scripts(job)
-        env = {str(k): str(v) for k, v in self.options.get("env", {}).items()}
+        env = dict(job.env)
         node = 0 if multi_node else None
         steps: list[Step] = []
         if multi_node:

@@ -66,8 +66,8 @@ class GaudiServing(ServingPlans):
         }
 
     def quant_config_path(self, cell: Cell) -> Path:
-        root = self.options.get("quant_configs_dir") or (
-            f"{self.options.get('vllm_fork_dir', VLLM_FORK_DIR)}/scripts/quant_configs"
+        root = self.option(cell, "quant_configs_dir") or (
+            f"{self.option(cell, 'vllm_fork_dir', VLLM_FORK_DIR)}/scripts/quant_configs"
         )
         name = QUANT_CONFIG_BY_KV.get(cell.kv_cache_dtype)
         if name is None:
