@@ -10,6 +10,9 @@ Prints, for ``unify -r 1 -u -s`` (EP16 -> 1) and ``expand -w 16`` (1 -> EP16):
   ``step-6-expand-measurements.py``), their peak RSS, the ratios, and whether the values are
   identical (``harness.measurements.diff``).
 
+Measured 2026-12-02 on a quiet 2-core AVX-512 host, best of 3: unify 0.34 s vs the reference's
+1.20 s (3.5x wall, 2.9x CPU, 104 vs 148 MB RSS); expand 0.48 s vs 17.2 s (35x); identical values.
+
 The machine may be shared: runs alternate ours/reference and each figure is the best of
 ``--repeat`` runs; compare the ratios, not the seconds. Not a test: nothing asserts on timings.
 
