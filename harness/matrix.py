@@ -281,8 +281,9 @@ def _resolve(
             settings.setdefault(stage, {}).update(values)
         gates = merge_gates(gates, ov.gates)
         extra = ov.backend_options.as_dict()
-        env = {**options.get("env", {}), **extra.pop("env", {})}
-        options.update(extra, **({"env": env} if env else {}))
+        if "env" in extra:  # an override's env adds to the matrix's
+            extra["env"] = {**options.get("env", {}), **extra["env"]}
+        options.update(extra)
     try:
         resolved = StageSettings.model_validate(settings)
     except ValidationError as exc:

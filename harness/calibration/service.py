@@ -175,7 +175,7 @@ def _rank_results(recipe: Recipe) -> list[dict[str, Any]]:
 def artifacts(cell: Cell, backend: Any, p: Plan, done: dict[str, Any]) -> CalibrationArtifacts:
     """Describe the files the cell serves with (the derived set, or the calibration itself)."""
     base = backend.calibration_recipe(p.job, None)
-    served = base if p.derivation is None else backend.derivation_recipe(p.job, p.derivation)
+    served = _served_recipe(backend, p)
     cfg = json.loads(served.quant_config.read_text(encoding="utf-8"))
     tp, ep = (p.job.tp, p.job.ep) if p.derivation is None else (p.derivation.tp,
                                                                  p.derivation.ep)
@@ -229,11 +229,16 @@ def planned_quant_config(cell: Cell, backend: Any, workdir: Path) -> Path | None
     the cell cannot be calibrated (plan_commands shows why)."""
     try:
         p = plan(cell, backend, _plan_cache(backend, workdir), materialize=False)
-        if p.derivation is None:
-            return backend.calibration_recipe(p.job, None).quant_config
-        return backend.derivation_recipe(p.job, p.derivation).quant_config
+        return _served_recipe(backend, p).quant_config
     except HarnessError:
         return None
+
+
+def _served_recipe(backend: Any, p: Plan) -> Recipe:
+    """The recipe whose set the cell serves: its derivation's, else the calibration's own."""
+    if p.derivation is None:
+        return backend.calibration_recipe(p.job, None)
+    return backend.derivation_recipe(p.job, p.derivation)
 
 
 def _plan_cache(backend: Any, workdir: Path) -> Path:
