@@ -7,6 +7,7 @@ from dataclasses import field
 from enum import StrEnum
 from typing import Any
 
+from harness.devices import ranks
 from harness.settings import StageSettings
 
 
@@ -106,8 +107,7 @@ class Cell:
     @property
     def world_size(self) -> int:
         """Ranks the cell runs on: TP x PP, times the DP factor expert parallelism adds."""
-        dp = self.ep // self.tp if self.ep > self.tp else 1
-        return self.tp * self.pp * dp
+        return ranks(self.tp, self.pp, self.ep)
 
     @property
     def is_fp8(self) -> bool:

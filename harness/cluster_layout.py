@@ -13,6 +13,8 @@ from dataclasses import field
 from typing import Any
 
 from harness.cell import Cell
+from harness.devices import nodes_for
+from harness.devices import ranks
 from harness.errors import HarnessError
 from harness.process import Command
 
@@ -178,8 +180,7 @@ def nodes_needed(cell: Cell, cards_per_node: int) -> int:
     if cell.is_fp8 and cell.runs("calibration"):
         cal = cell.settings.calibration
         tp, ep = cal.calibrate_tp or cell.tp, cal.calibrate_ep or cell.ep
-        world = tp * cell.pp * (ep // tp if ep > tp else 1)
-        nodes = max(nodes, -(-world // cards_per_node))
+        nodes = max(nodes, nodes_for(ranks(tp, cell.pp, ep), cards_per_node))
     return nodes
 
 

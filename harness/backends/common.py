@@ -8,6 +8,7 @@ from typing import Any
 
 from harness.cell import Cell
 from harness.cell import Stage
+from harness.devices import backend_for
 from harness.process import Command
 
 
@@ -66,6 +67,6 @@ class BackendCore:
         if cell.device not in self.devices:
             return (
                 f"{self.name} backend does not run {cell.device} cells "
-                f"(use --backend {'gaudi' if cell.device in ('g2', 'g3') else 'cpu'})"
+                f"(use --backend {backend_for({cell.device})})"
             )
         return None

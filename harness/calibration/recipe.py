@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.calibration.layout import OutputLayout
+from harness.devices import ranks
 from harness.process import Command
 from harness.process import CommandFailed
 from harness.process import ManagedProcess
@@ -50,7 +51,7 @@ class CalibrationJob:
     @property
     def world(self) -> int:
         """Ranks of the measurement: TP, times the DP factor EP adds beyond TP."""
-        return self.tp * (self.ep // self.tp if self.ep > self.tp else 1)
+        return ranks(self.tp, 1, self.ep)
 
     @property
     def layout(self) -> OutputLayout:

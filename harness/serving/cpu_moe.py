@@ -21,6 +21,8 @@ import math
 import re
 from typing import Any
 
+from harness.devices import DEVICES
+
 logger = logging.getLogger("vllm.harness_inc")
 
 
@@ -83,7 +85,9 @@ def fp8_moe_method(base: type) -> type:
     return INCQDQFusedMoEMethod
 
 
-def pow2_scale(maxabs: float, full_scale: float = 448.0, backoff: float = 0.25) -> float:
+def pow2_scale(
+    maxabs: float, full_scale: float = DEVICES["cpu"].fp8_full_scale, backoff: float = 0.25
+) -> float:
     """INC's power-of-two activation scale: 2^ceil(log2(maxabs / (fullscale * backoff)))."""
     return 2.0 ** math.ceil(math.log2(max(maxabs, 1e-12) / (full_scale * backoff)))
 

@@ -17,6 +17,7 @@ from typing import Any
 from harness.calibration.artifacts import CalibrationArtifacts
 from harness.cell import Cell
 from harness.cell import Stage
+from harness.devices import GAUDI_DEVICES
 from harness.errors import HarnessError
 from harness.errors import StageError
 from harness.stages.base import StageContext
@@ -104,5 +105,5 @@ def run(ctx: StageContext, calibration: CalibrationArtifacts | None = None, **_:
 def _check(a: CalibrationArtifacts) -> Any:
     from harness.measurements import check
 
-    device = a.device if a.device in ("g2", "g3") else None
+    device = a.device if a.device in GAUDI_DEVICES else None
     return check(a.measurement_dir, device=device, world=a.world)

