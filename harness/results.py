@@ -101,6 +101,14 @@ class RunStore:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def latest(self, cell_id: str, stage: str) -> StageResult | None:
+        """The last record of `stage` of `cell_id` in this run (any worker's), or None."""
+        found = None
+        for result in stage_results(self.path):
+            if result.cell == cell_id and result.stage == stage:
+                found = result
+        return found
+
     def cell_dir(self, cell_id: str, stage: str) -> Path:
         """Where a stage keeps its artifacts: <run>/cells/<cell id with / as __>/<stage>."""
         path = self.dir / "cells" / cell_id.replace("/", "__") / stage
