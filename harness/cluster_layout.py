@@ -71,7 +71,9 @@ class ClusterFigures:
 
 def figures_from_nodes(nodes: list[dict[str, Any]]) -> ClusterFigures:
     """Figures from `ray.nodes()` plus `available` per node (ray.state's per-node view)."""
-    out, total, used = [], {}, {}
+    out: list[NodeFigures] = []
+    total: dict[str, float] = {}
+    used: dict[str, float] = {}
     for node in nodes:
         res = {k: float(v) for k, v in node.get("Resources", {}).items() if _plain(k)}
         # a resource missing from the available view is fully used (placement groups hold it)

@@ -184,7 +184,9 @@ def expand(spec: MatrixSpec, path: Path) -> list[Cell]:
     points = [p for p in _points(spec, path) if not any(_matches(p, r) for r in spec.exclude)]
     for rule in spec.include:
         points.append({**AXIS_DEFAULTS, **rule})
-    resolved: dict[tuple[int, ...], tuple[StageSettings, dict, dict]] = {}
+    resolved: dict[
+        tuple[int, ...], tuple[StageSettings, dict[str, GateSpec], dict[str, Any]]
+    ] = {}
     _check_gate_keys(spec.gates, path, "gates")
     for i, ov in enumerate(spec.overrides):
         _check_gate_keys(ov.gates, path, f"overrides[{i}].gates")

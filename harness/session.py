@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.nodes import Node
 
 from harness import __version__
 from harness.backends.contracts import Backend
@@ -49,7 +50,7 @@ _STAGE_KEY = pytest.StashKey["Stage | None"]()
 RECORDER_KEY = pytest.StashKey[Recorder]()
 
 
-def stage_of(node: pytest.Item | pytest.Collector) -> Stage | None:
+def stage_of(node: pytest.Item | pytest.Collector | Node) -> Stage | None:
     """The stage a suite test belongs to: its stage marker (`pytestmark = pytest.mark.<stage>`).
 
     Looked up like `iter_markers` (own marks first, then the parents'), but each node keeps its

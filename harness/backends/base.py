@@ -8,6 +8,7 @@ backend is a package whose class is composed of one mixin per stage (`preflight.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from enum import StrEnum
@@ -42,7 +43,7 @@ class Check:
     status: CheckStatus
     message: str
     hint: str = ""
-    facts: dict[str, object] = field(default_factory=dict)
+    facts: Mapping[str, object] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -91,7 +91,7 @@ class PreflightBackend(RayBackend, Protocol):
 
     def preflight_checks(self, cell: Cell, facts: NodeFacts) -> list[Check]: ...
 
-    def device_facts(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def device_facts(self, facts: Mapping[str, Any]) -> dict[str, Any]:
         """The facts (driver, firmware, ...) every node must agree on."""
         ...
 

@@ -118,7 +118,8 @@ def locked(path: Path, timeout_s: float) -> Iterator[None]:
 def read_done(entry: Path) -> dict[str, Any] | None:
     """The completion record of a cache entry, or None if it is absent or unreadable."""
     try:
-        return json.loads((entry / DONE).read_text(encoding="utf-8"))
+        done: dict[str, Any] = json.loads((entry / DONE).read_text(encoding="utf-8"))
+        return done
     except (OSError, ValueError):
         return None
 

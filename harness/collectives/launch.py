@@ -85,7 +85,7 @@ def _runner_class() -> type:
         """Runs one command on its node in its own process group; `stop` ends that group."""
 
         def __init__(self) -> None:
-            self.proc = None
+            self.proc: Any = None  # subprocess.Popen, imported on the node
 
         def run(
             self,
@@ -201,7 +201,9 @@ def run_on_nodes(
     return outputs
 
 
-def _gather(ray: Any, refs: list[Any], actors: list[Any], timeout_s: float) -> list[dict]:
+def _gather(
+    ray: Any, refs: list[Any], actors: list[Any], timeout_s: float
+) -> list[dict[str, Any]]:
     """Wait for every node; when one fails, stop the others (their collective cannot finish)."""
     pending, done = list(refs), {}
     deadline = time.monotonic() + timeout_s

@@ -132,7 +132,7 @@ def ray_check(probe: NodeProbe, placement: Placement, hint: str) -> Check:
             "single-node cell: no Ray needed (preflight.use_ray: true checks it anyway)",
         )
     status = probe.figures.render((placement.resource, "CPU")) if probe.figures else ""
-    facts = {"ray_status": status, "placement": placement.describe()}
+    facts: dict[str, object] = {"ray_status": status, "placement": placement.describe()}
     if probe.problem:
         return Check("ray", CheckStatus.FAIL, probe.problem, hint, facts)
     return Check("ray", CheckStatus.PASS, f"fits {placement.describe()}; {status}", "", facts)
