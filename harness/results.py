@@ -27,7 +27,10 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from harness.fileio import write_atomic
+
 SCHEMA_VERSION = 1
+__all__ = ["write_atomic"]  # re-exported: harness.fileio is where it lives
 
 
 @dataclass
@@ -61,17 +64,6 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class RunStore:

@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from harness.collectives.bandwidth import BandwidthRow
 from harness.collectives.bandwidth import bus_factor
 from harness.collectives.bandwidth import format_size
 from harness.collectives.bandwidth import parse_size
+from harness.fileio import write_atomic
 
 EXIT_MISMATCH = 3
 PATTERN = 7  # element i of rank r holds (r + 1) + (i mod PATTERN)
@@ -168,10 +168,7 @@ def _report(args: argparse.Namespace, rows: list[BandwidthRow]) -> None:
             "backend": "gloo",
             "rows": [r.as_dict() for r in rows],
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, args.json)
+        write_atomic(args.json, json.dumps(payload, indent=2))
 
 
 def read_figures(path: Path) -> list[BandwidthRow]:

@@ -23,6 +23,7 @@ from harness.cell import Stage
 from harness.devices import GAUDI_DEVICES
 from harness.errors import HarnessError
 from harness.errors import StageError
+from harness.fileio import write_atomic
 from harness.stages.base import StageContext
 from harness.stages.base import StageSkipped
 
@@ -89,9 +90,7 @@ def run(ctx: StageContext, calibration: CalibrationArtifacts | None) -> None:
     rec.metric("check_ok", report.ok)
     rec.metric("check_warnings", len(report.warnings))
     out = ctx.workdir / "calibration.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"artifacts": a.as_dict(), "check": report.to_dict()}, indent=2),
-                   encoding="utf-8")
+    write_atomic(out, json.dumps({"artifacts": a.as_dict(), "check": report.to_dict()}, indent=2))
     rec.artifact("calibration", out)
     rec.artifact("quant_config", a.quant_config)
     if not report.ok:

@@ -32,6 +32,7 @@ from harness.calibration.spec import QUANTIZE
 from harness.calibration.spec import WorkerSpec
 from harness.cell import Cell
 from harness.errors import HarnessError
+from harness.fileio import replacing
 from harness.process import Command
 
 SYNTHETIC_SEED = 0
@@ -84,10 +85,8 @@ class CpuCalibration(BackendCore):
         generator = h.hexdigest()[:16]
         path = Path(cache_dir) / "calibration-data" / f"synthetic-{s.samples}-{generator}.pkl"
         if materialize and not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            miniature.write_calibration_pickle(tmp, s.samples, SYNTHETIC_SEED)
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                miniature.write_calibration_pickle(tmp, s.samples, SYNTHETIC_SEED)
         return path, f"synthetic:n={s.samples}:seed={SYNTHETIC_SEED}:gen={generator}"
 
     def calibration_configs(self, job: CalibrationJob) -> tuple[dict[str, Any], dict[str, Any]]:
