@@ -28,6 +28,9 @@ MODULES = ("torch", "vllm", "neural_compressor", "lm_eval")
 NODE_ENV = ("GLOO_SOCKET_IFNAME", "PYTHONPATH", "HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE")
 PER_NODE_ENV = frozenset({"GLOO_SOCKET_IFNAME"})  # may differ between nodes
 CARDS_PER_NODE = DEVICES["cpu"].cards_per_node  # a cpu "card" is one rank process
+# what each cell node reserves of a local Ray node (the cpu backend starts them with 2 CPUs:
+# two rank processes, as on the 2-core CI box); not a limit on the ranks a node may run
+RAY_NODE_CPUS = 2
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -40,10 +43,10 @@ class CpuPreflight(BackendCore):
     stack_packages: tuple[str, ...] = PACKAGES
 
     def ray_placement(self, cell: Cell, nodes: int | None = None) -> cluster.Placement:
-        """One `{"CPU": cards_per_node}` bundle per node: a cpu "card" is one rank process (Ray's
-        CPUs are scheduling units here; whether the host has the cores is `skip_reason`'s)."""
+        """One `{"CPU": 2}` bundle per node of the cell (RAY_NODE_CPUS); whether the host has a
+        core for every rank is `skip_reason`'s check."""
         return cluster.Placement(
-            "CPU", CARDS_PER_NODE, nodes or cluster.nodes_needed(cell, CARDS_PER_NODE)
+            "CPU", RAY_NODE_CPUS, nodes or cluster.nodes_needed(cell, CARDS_PER_NODE)
         )
 
     def ray_cluster(self, cell: Cell) -> cluster.RayCluster:
