@@ -211,7 +211,8 @@ def expand(spec: MatrixSpec, path: Path) -> list[Cell]:
     points = [p for p in _points(spec, path) if not any(_matches(p, r) for r in exclude)]
     for rule in include:
         points.append({**AXIS_DEFAULTS, **rule})
-    resolved: dict[tuple[int, ...], tuple[StageSettings, dict[str, GateSpec], dict[str, Any]]] = {}
+    # Cell.gates holds GateSpecs (its annotation says dict[str, dict[str, float]])
+    resolved: dict[tuple[int, ...], tuple[StageSettings, Any, dict[str, Any]]] = {}
     stages, backend = [s.value for s in spec.stages], _gate_backend(spec, points)
     check_gates(spec.gates, path, "gates", stages, backend)
     for i, ov in enumerate(spec.overrides):

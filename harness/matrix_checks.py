@@ -60,7 +60,8 @@ def check_rules(
             raise MatrixError(path, where, f"a rule is a mapping of axis: value, got {raw!r}")
         for key in raw:
             if key not in axis_names:
-                raise MatrixError(path, f"{where}.{key}", unknown_name("axis", str(key), axis_names))
+                reason = unknown_name("axis", str(key), axis_names)
+                raise MatrixError(path, f"{where}.{key}", reason)
         if section == "include" and "model" not in raw:
             raise MatrixError(path, where, "an include rule must name its model")
         try:

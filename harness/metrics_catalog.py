@@ -23,7 +23,9 @@ COLLECTIVES_BANDWIDTH = {
 }
 # throughput: vLLM bench's keys, each suffixed `@c<concurrency>` (serving/bench.py)
 _LATENCY_STATS = tuple(
-    f"{stat}_{lat}_ms" for lat in ("ttft", "tpot", "itl", "e2el") for stat in ("mean", "median", "p99")
+    f"{stat}_{lat}_ms"
+    for lat in ("ttft", "tpot", "itl", "e2el")
+    for stat in ("mean", "median", "p99")
 )
 THROUGHPUT = (
     "request_throughput",

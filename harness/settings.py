@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic import BeforeValidator
 from pydantic import ConfigDict
 from pydantic import Field
+from pydantic import field_validator
 from pydantic import model_validator
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -62,17 +63,21 @@ class CollectivesSettings(_Strict):
     test: Literal[
         "all_reduce", "all_gather", "reduce_scatter", "all2all", "broadcast", "reduce"
     ] = "all_reduce"
-    sizes: list[MessageSize] = Field(default_factory=lambda: ["32m"], min_length=1)  # cpu, when unset: 1m, 4m, 16m
+    # cpu, when unset: 1m, 4m, 16m
+    sizes: list[MessageSize] = Field(default_factory=lambda: ["32m"], min_length=1)
     loop: int = Field(default=1000, ge=1)
-    ranks: int | None = Field(default=None, ge=1)  # default: gaudi all cards of the cell's nodes; cpu world size (>= 2)
+    # default: gaudi all cards of the cell's nodes; cpu world size (>= 2)
+    ranks: int | None = Field(default=None, ge=1)
     timeout_s: float = Field(default=600.0, gt=0)
-    size_range: list[MessageSize] | None = Field(default=None, min_length=2, max_length=2)  # MIN MAX
+    # MIN MAX
+    size_range: list[MessageSize] | None = Field(default=None, min_length=2, max_length=2)
     size_range_inc: int = Field(default=1, ge=1)  # hccl_demo --size_range_inc
     comm_port: int = Field(default=5555, ge=1, le=65535)  # HCCL_COMM_ID=<head>:<port> (seed 003)
     hccl_demo_dir: str = "hccl_demo"  # where `make` built it (relative: to pytest's cwd)
     csv: bool = False  # hccl_demo --csv_path into the stage's directory
     warmup: int = Field(default=2, ge=0)  # gloo only
-    max_seconds_per_size: float = Field(default=1.0, gt=0)  # gloo only: fewer than `loop` iterations past this
+    # gloo only: fewer than `loop` iterations past this
+    max_seconds_per_size: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _range_in_order(self) -> CollectivesSettings:
@@ -90,8 +95,10 @@ class CalibrationSettings(_Strict):
     dataset: str | None = None  # pickle with system_prompt/question; None: the synthetic set (cpu)
     samples: int = Field(default=64, ge=1)  # calibrate_model.sh -l
     batch_size: int = Field(default=1, ge=1)  # -b
-    calibrate_tp: int | None = Field(default=None, ge=1)  # TP the measurement runs at (-t); default the cell's
-    calibrate_ep: int | None = Field(default=None, ge=1)  # EP the measurement runs at; default the cell's
+    # TP the measurement runs at (-t); default the cell's
+    calibrate_tp: int | None = Field(default=None, ge=1)
+    # EP the measurement runs at; default the cell's
+    calibrate_ep: int | None = Field(default=None, ge=1)
     unify_ranks: int | None = Field(default=None, ge=1)  # -r
     expert_parallel_unify: bool | None = None  # -u; default: model is MoE
     expand: bool | None = None  # unify to 1 then expand to the cell's EP (MoE)
@@ -101,7 +108,8 @@ class CalibrationSettings(_Strict):
     enforce_eager: bool = False  # -e
     # cpu backend: make the scales of a Gaudi generation (maxabs_hw + device_for_scales)
     target_device: Literal["g2", "g3"] | None = None
-    max_seq_len: int | None = Field(default=256, ge=1)  # cpu backend: prompt tokens per calibration sample
+    # cpu backend: prompt tokens per calibration sample
+    max_seq_len: int | None = Field(default=256, ge=1)
     output_dir: str | None = None  # -o root (NFS for multi-node); default: the run's cache dir
     scripts_dir: str = "vllm-gaudi/calibration"  # gaudi: where calibrate_model.sh and steps live
     # gaudi multi-node (TP > 8): QUANT_CONFIG buffer file on NFS that every node reads
@@ -125,7 +133,8 @@ class ServingSettings(_Strict):
     trust_remote_code: bool = False
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
-    warmup_cache_size_mb: int = Field(default=32768, ge=1)  # third field of PT_HPU_RECIPE_CACHE_CONFIG (seed 003)
+    # third field of PT_HPU_RECIPE_CACHE_CONFIG (seed 003)
+    warmup_cache_size_mb: int = Field(default=32768, ge=1)
     smoke_max_tokens: int = Field(default=16, ge=1)
 
 
@@ -156,6 +165,17 @@ class ThroughputSettings(_Strict):
     # SLOs in ms for vLLM's --goodput, e.g. {"ttft": 2000, "tpot": 100}
     goodput: dict[Literal["ttft", "tpot", "e2el"], PositiveFloat] = Field(default_factory=dict)
     timeout_s: float = Field(default=3600.0, gt=0)
+
+    @field_validator("concurrencies")
+    @classmethod
+    def _once_each(cls, values: list[int]) -> list[int]:
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(
+                f"{', '.join(map(str, repeated))} is listed twice: each concurrency runs once "
+                "and writes one result file; list it once"
+            )
+        return values
 
 
 class StageSettings(_Strict):
