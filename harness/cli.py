@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from pathlib import Path
 
-from harness.compare import parse_compare_fail
 from harness.errors import HarnessError
+from harness.options import parse_compare_check
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
@@ -29,9 +30,23 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from harness.matrix import load_matrix
 
+    from harness.options import check_selection
+    from harness.options import parse_globs
+    from harness.options import parse_stages
+
     matrix = load_matrix(args.matrix)
+    try:
+        globs = parse_globs(args.cells) if args.cells else None
+        stages = parse_stages(args.stages) if args.stages else None
+    except argparse.ArgumentTypeError as exc:
+        raise HarnessError(str(exc)) from None
+    check_selection(matrix, globs, stages)
+    cells = [c for c in matrix.cells if not globs or any(fnmatch.fnmatchcase(c.id, g)
+                                                         for g in globs)]
     print(f"{matrix.path}: {len(matrix.cells)} cells, backend {matrix.backend}")
-    for cell in matrix.cells:
+    if globs:
+        print(f"  --cells {args.cells}: {len(cells)} of them")
+    for cell in cells:
         print(f"  {cell.id}  stages: {', '.join(s.value for s in cell.stages)}")
     return 0
 
@@ -98,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="Load a matrix and list its cells")
     validate.add_argument("--matrix", default="smoke-cpu", metavar="NAME|PATH")
+    validate.add_argument("--cells", metavar="GLOBS", help="check that these globs select cells")
+    validate.add_argument("--stages", metavar="STAGES", help="check that the cells run these")
     validate.set_defaults(func=_cmd_validate)
 
     report = sub.add_parser("report", help="Print the Markdown summary of a run (default: latest)")
@@ -118,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("run", help="Run id to judge")
     comp.add_argument("--results-dir", default="reports", metavar="DIR")
     comp.add_argument(
-        "--compare-fail", type=parse_compare_fail, action="append", default=[], metavar="SPEC"
+        "--compare-fail", type=parse_compare_check, action="append", default=[], metavar="SPEC"
     )
     comp.set_defaults(func=_cmd_compare)
 

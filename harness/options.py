@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 from harness.cell import STAGE_NAMES
 from harness.cell import Stage
 from harness.compare import RegressionCheck
 from harness.compare import parse_compare_fail
+from harness.errors import HarnessError
+from harness.metrics_catalog import metric_names
+
+if TYPE_CHECKING:
+    from harness.matrix import Matrix
 
 
 def parse_stages(value: str) -> tuple[Stage, ...]:
@@ -37,6 +45,25 @@ def parse_globs(value: str) -> tuple[str, ...]:
     if not globs:
         raise argparse.ArgumentTypeError(f"--cells {value!r} names no cell glob")
     return globs
+
+
+def parse_compare_check(value: str) -> RegressionCheck:
+    """parse_compare_fail, and the metric must be one a stage records (else it never fires)."""
+    check = parse_compare_fail(value)
+    stage_pat, _, metric_pat = check.metric.partition(".")
+    stages = [s for s in STAGE_NAMES if fnmatch.fnmatchcase(s, stage_pat)]
+    if not stages:
+        raise argparse.ArgumentTypeError(
+            f"--compare-fail {value!r}: no stage {stage_pat!r}; stages: {', '.join(STAGE_NAMES)}"
+        )
+    base = metric_pat.split("@", 1)[0]
+    if not any(fnmatch.fnmatchcase(n, base) for s in stages for n in metric_names(s)):
+        known = ", ".join(n for s in stages for n in metric_names(s))
+        raise argparse.ArgumentTypeError(
+            f"--compare-fail {value!r}: {stage_pat} records no metric {base!r}, so this check "
+            f"would never fire; known: {known}"
+        )
+    return check
 
 
 def add_harness_options(addoption: Callable[..., Any]) -> None:
@@ -97,7 +124,7 @@ def add_harness_options(addoption: Callable[..., Any]) -> None:
         "--compare-fail",
         dest="harness_compare_fail",
         metavar="STAGE.METRIC:LIMIT",
-        type=parse_compare_fail,
+        type=parse_compare_check,
         action="append",
         default=[],
         help="Fail the run when a metric regressed past LIMIT vs --baseline "
@@ -138,8 +165,13 @@ class RunOptions:
                 value = config.getini(ini) or None
             return value if value is not None else default
 
-        results = Path(pick("harness_results_dir", "harness_results_dir", "reports"))
-        cache = Path(pick("harness_cache", "harness_cache", ".cache/harness"))
+        results = Path(pick("harness_results_dir", "harness_results_dir", "reports") or "reports")
+        cache = Path(pick("harness_cache", "harness_cache", ".cache/harness") or ".cache/harness")
+        checks = tuple(config.getoption("harness_compare_fail") or ())
+        if checks and config.getoption("harness_baseline") is None:
+            import pytest
+
+            raise pytest.UsageError(compare_without_baseline(checks))
         return cls(
             matrix=pick("harness_matrix", "harness_matrix", "smoke-cpu") or "smoke-cpu",
             backend=pick("harness_backend", "harness_backend", None),
@@ -149,7 +181,7 @@ class RunOptions:
             results_dir=results if results.is_absolute() else root / results,
             cache_dir=cache if cache.is_absolute() else root / cache,
             baseline=config.getoption("harness_baseline"),
-            compare_fail=tuple(config.getoption("harness_compare_fail") or ()),
+            compare_fail=checks,
             selection=_selection(config),
         )
 
@@ -168,3 +200,37 @@ def _selection(config: Any) -> tuple[str, ...]:
         if value:
             out.append(f"{flag} {value}")
     return tuple(out)
+
+
+def compare_without_baseline(checks: Sequence[RegressionCheck]) -> str:
+    """The usage error of --compare-fail given alone: there is nothing to compare with."""
+    given = ", ".join(f"{c.metric}" for c in checks)
+    return (
+        f"--compare-fail ({given}) needs --baseline RUN (a run id under --results-dir, or "
+        "'latest'): without a baseline nothing is compared and the check would never fire"
+    )
+
+
+def check_selection(
+    matrix: Matrix, cells: Sequence[str] | None, stages: Sequence[Stage] | None
+) -> None:
+    """A --cells glob or --stages list that selects nothing is an error, not "N deselected".
+
+    Call it right after the matrix is loaded (the plugin turns the HarnessError into a usage
+    error). Every glob must match a cell id; the selected cells must run a selected stage."""
+    ids = [c.id for c in matrix.cells]
+    sample = ", ".join(ids[:5]) + (f" (and {len(ids) - 5} more)" if len(ids) > 5 else "")
+    for glob in cells or ():
+        if not any(fnmatch.fnmatchcase(i, glob) for i in ids):
+            raise HarnessError(
+                f"--cells {glob!r} matches no cell of {matrix.path} (globs match whole ids, "
+                f"e.g. 'model/*'); cells: {sample}"
+            )
+    chosen = [c for c in matrix.cells if not cells or any(
+        fnmatch.fnmatchcase(c.id, g) for g in cells)]
+    if stages and not any(c.runs(s) for c in chosen for s in stages):
+        runs = sorted({s.value for c in chosen for s in c.stages}, key=STAGE_NAMES.index)
+        raise HarnessError(
+            f"--stages {','.join(s.value for s in stages)}: no selected cell of {matrix.path} "
+            f"runs these stages (they run: {', '.join(runs)}; a BF16 cell has no calibration)"
+        )
