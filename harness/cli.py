@@ -29,7 +29,6 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from harness.matrix import load_matrix
-
     from harness.options import check_selection
     from harness.options import parse_globs
     from harness.options import parse_stages
