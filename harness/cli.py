@@ -94,6 +94,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise HarnessError(
                 f"{args.results_dir}: no run {run_id!r} (runs: {', '.join(runs) or 'none'})"
             )
+    from harness.options import compare_fail_problem
+
+    problem = compare_fail_problem(args.compare_fail, store.root, args.base)
+    if problem:
+        raise HarnessError(problem)
     deltas = compare(store.load(args.base), store.load(args.run), args.compare_fail)
     print(render_compare(deltas, args.base, args.run), end="")
     return 1 if any(d.failure for d in deltas) else 0

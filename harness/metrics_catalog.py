@@ -1,11 +1,11 @@
 """The numeric metrics each stage records: what a matrix gate may name.
 
 A gate on a metric no stage records can never be evaluated (it fails every cell at run time
-with "was not measured", or worse, passes nothing): the matrix loader refuses it, naming the
-known metrics. The names below are the ones harness/stages/*.py record (tests/unit/
-test_metrics_catalog.py keeps them in step with the parsers that produce them); a stage that
-records a new figure adds it here. Text facts (task, smoke_reply, weights ...) are not listed:
-a gate compares numbers.
+with "was not measured"): the matrix loader refuses it, naming the known metrics. The names
+below are the ones harness/stages/*.py record (tests/unit/test_matrix_bad.py keeps them in
+step with the parsers that produce them); a stage that records a new figure adds it here, a
+user-written stage test calls `declare`. Text facts (task, smoke_reply, weights ...) are not
+listed: a gate compares numbers.
 """
 
 from __future__ import annotations
@@ -91,6 +91,15 @@ SUFFIXED: dict[str, tuple[tuple[str, ...], re.Pattern[str], str]] = {
     ),
     "throughput": (THROUGHPUT, re.compile(r"^c[1-9]\d*$"), "a concurrency such as c32"),
 }
+
+
+def declare(stage: str, *names: str) -> None:
+    """Add metrics a user-written stage test records (call it from a conftest.py, which pytest
+    imports before the matrix is loaded), so matrix gates may name them."""
+    if stage not in STAGE_METRICS:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_METRICS)}")
+    STAGE_METRICS[stage] = (*STAGE_METRICS[stage], *(n for n in names if n not in
+                                                      STAGE_METRICS[stage]))
 
 
 def metric_names(stage: str, backend: str | None = None) -> tuple[str, ...]:

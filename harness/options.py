@@ -16,7 +16,6 @@ from harness.cell import Stage
 from harness.compare import RegressionCheck
 from harness.compare import parse_compare_fail
 from harness.errors import HarnessError
-from harness.metrics_catalog import metric_names
 
 if TYPE_CHECKING:
     from harness.matrix import Matrix
@@ -48,22 +47,48 @@ def parse_globs(value: str) -> tuple[str, ...]:
 
 
 def parse_compare_check(value: str) -> RegressionCheck:
-    """parse_compare_fail, and the metric must be one a stage records (else it never fires)."""
+    """parse_compare_fail, and the stage must exist (the metric is checked against what the
+    baseline run recorded, `compare_fail_problem`: user-written stage tests add metrics)."""
     check = parse_compare_fail(value)
-    stage_pat, _, metric_pat = check.metric.partition(".")
-    stages = [s for s in STAGE_NAMES if fnmatch.fnmatchcase(s, stage_pat)]
-    if not stages:
+    stage_pat = check.metric.partition(".")[0]
+    if not any(fnmatch.fnmatchcase(s, stage_pat) for s in STAGE_NAMES):
         raise argparse.ArgumentTypeError(
             f"--compare-fail {value!r}: no stage {stage_pat!r}; stages: {', '.join(STAGE_NAMES)}"
         )
-    base = metric_pat.split("@", 1)[0]
-    if not any(fnmatch.fnmatchcase(n, base) for s in stages for n in metric_names(s)):
-        known = ", ".join(n for s in stages for n in metric_names(s))
-        raise argparse.ArgumentTypeError(
-            f"--compare-fail {value!r}: {stage_pat} records no metric {base!r}, so this check "
-            f"would never fire; known: {known}"
-        )
     return check
+
+
+def matches(check: RegressionCheck, metric: str) -> bool:
+    """The rule harness.compare applies: a glob on `stage.metric`, or the name before `@`."""
+    return fnmatch.fnmatchcase(metric, check.metric) or metric.split("@")[0] == check.metric
+
+
+def compare_fail_problem(
+    checks: Sequence[RegressionCheck], results_dir: Path, baseline: str
+) -> str | None:
+    """Why a --compare-fail check can never fire: the baseline run recorded no metric it
+    matches. None when every check matches (or the baseline is missing: the session says)."""
+    from harness.results import ResultStore
+
+    store = ResultStore(results_dir)
+    run_id = store.latest() if baseline == "latest" else baseline
+    if run_id is None or run_id not in store.runs():
+        return None
+    recorded = sorted({
+        f"{r.stage}.{k}"
+        for r in store.load(run_id)
+        for k, v in r.metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    })
+    for check in checks:
+        if not any(matches(check, m) for m in recorded):
+            close = [m for m in recorded if m.split(".")[0] == check.metric.split(".")[0]]
+            known = ", ".join((close or recorded)[:12]) or "no numeric metric"
+            return (
+                f"--compare-fail {check.metric}: the baseline run {run_id} recorded no metric "
+                f"matching it, so the check would never fire; it recorded: {known}"
+            )
+    return None
 
 
 def add_harness_options(addoption: Callable[..., Any]) -> None:
@@ -168,22 +193,32 @@ class RunOptions:
         results = Path(pick("harness_results_dir", "harness_results_dir", "reports") or "reports")
         cache = Path(pick("harness_cache", "harness_cache", ".cache/harness") or ".cache/harness")
         checks = tuple(config.getoption("harness_compare_fail") or ())
-        if checks and config.getoption("harness_baseline") is None:
+        baseline = config.getoption("harness_baseline")
+        if checks:
             import pytest
 
-            raise pytest.UsageError(compare_without_baseline(checks))
+            if baseline is None:
+                raise pytest.UsageError(compare_without_baseline(checks))
+            if getattr(config, "workerinput", None) is None:  # xdist workers: the controller
+                problem = compare_fail_problem(checks, _under(root, results), baseline)
+                if problem:
+                    raise pytest.UsageError(problem)
         return cls(
             matrix=pick("harness_matrix", "harness_matrix", "smoke-cpu") or "smoke-cpu",
             backend=pick("harness_backend", "harness_backend", None),
             cells=config.getoption("harness_cells"),
             stages=config.getoption("harness_stages"),
             plan=bool(config.getoption("harness_plan")),
-            results_dir=results if results.is_absolute() else root / results,
+            results_dir=_under(root, results),
             cache_dir=cache if cache.is_absolute() else root / cache,
             baseline=config.getoption("harness_baseline"),
             compare_fail=checks,
             selection=_selection(config),
         )
+
+
+def _under(root: Path, path: Path) -> Path:
+    return path if path.is_absolute() else root / path
 
 
 def _selection(config: Any) -> tuple[str, ...]:

@@ -185,3 +185,16 @@ def test_pytest_matrix_option_prints_one_line_and_no_traceback(tmp_path):
         f"ERROR: {path.resolve()}: stages: must not be empty: give at least one value "
         "(or leave the key out)"
     ]
+
+
+def test_a_user_written_stage_test_declares_its_metrics_so_gates_may_name_them(tmp_path,
+                                                                               monkeypatch):
+    from harness import metrics_catalog
+
+    path = write(tmp_path, gate("collectives.probe", "min: 0.5"))
+    with pytest.raises(MatrixError, match=r"records no metric 'probe'"):
+        load_matrix(path)
+    monkeypatch.setitem(metrics_catalog.STAGE_METRICS, "collectives",
+                        metrics_catalog.STAGE_METRICS["collectives"])
+    metrics_catalog.declare("collectives", "probe")
+    assert load_matrix(path).cells[0].gates["collectives.probe"].min == 0.5

@@ -16,7 +16,10 @@ from harness.errors import HarnessError
 from harness.matrix import load_matrix
 from harness.options import RunOptions
 from harness.options import check_selection
+from harness.options import compare_fail_problem
 from harness.options import parse_compare_check
+from harness.results import RunStore
+from harness.results import StageResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,20 +53,44 @@ def matrix(tmp_path):
     return load_matrix(path)
 
 
-def test_compare_fail_on_a_metric_no_stage_records_is_a_usage_error():
-    with pytest.raises(argparse.ArgumentTypeError, match=(
-        r"--compare-fail 'throughput.output_tput:-5%': throughput records no metric "
-        r"'output_tput', so this check would never fire; known: request_throughput"
-    )):
-        parse_compare_check("throughput.output_tput:-5%")
+def baseline_run(results: Path) -> str:
+    store = RunStore(results, "20261201-000000-000-abcd")
+    store.open({})
+    store.append(StageResult("m/cpu/tp1/bf16-kv-auto", "throughput", "passed",
+                             metrics={"output_throughput@c1": 9.5, "smoke_reply": "hi"}))
+    store.append(StageResult("m/cpu/tp1/bf16-kv-auto", "collectives", "passed",
+                             metrics={"probe": 1}))
+    return store.run_id
+
+
+def test_compare_fail_on_a_stage_that_does_not_exist_is_a_usage_error():
     with pytest.raises(argparse.ArgumentTypeError, match=r"no stage 'acuracy'; stages: preflight"):
         parse_compare_check("acuracy.exact_match_strict:-0.02")
-
-
-def test_compare_fail_accepts_recorded_metrics_and_globs_over_them():
-    assert parse_compare_check("accuracy.exact_match_strict:-0.02").limit == -0.02
     assert parse_compare_check("throughput.p99_*@*:+10%").metric == "throughput.p99_*@*"
-    assert parse_compare_check("throughput.output_throughput@c32:-5%").relative
+
+
+def test_compare_fail_on_a_metric_the_baseline_never_recorded_is_a_usage_error(tmp_path):
+    run_id = baseline_run(tmp_path / "reports")
+    check = parse_compare_check("throughput.output_tput:-5%")
+    with pytest.raises(pytest.UsageError, match=(
+        rf"--compare-fail throughput.output_tput: the baseline run {run_id} recorded no metric "
+        r"matching it, so the check would never fire; it recorded: "
+        r"throughput.output_throughput@c1$"
+    )):
+        RunOptions.from_config(fake_config(
+            harness_compare_fail=[check], harness_baseline="latest",
+            harness_results_dir=str(tmp_path / "reports")))
+
+
+def test_compare_fail_on_recorded_metrics_and_globs_over_them_passes(tmp_path):
+    baseline_run(tmp_path / "reports")
+    checks = [parse_compare_check(v) for v in (
+        "throughput.output_throughput:-5%", "throughput.*@c1:-5%", "collectives.probe:-10%")]
+    options = RunOptions.from_config(fake_config(
+        harness_compare_fail=checks, harness_baseline="latest",
+        harness_results_dir=str(tmp_path / "reports")))
+    assert options.compare_fail == tuple(checks)
+    assert compare_fail_problem(checks, tmp_path / "nowhere", "latest") is None  # session says
 
 
 def test_compare_fail_without_baseline_is_a_usage_error():
@@ -72,9 +99,6 @@ def test_compare_fail_without_baseline_is_a_usage_error():
         r"--compare-fail \(throughput.output_throughput\) needs --baseline RUN"
     )):
         RunOptions.from_config(fake_config(harness_compare_fail=[check]))
-    options = RunOptions.from_config(fake_config(harness_compare_fail=[check],
-                                                 harness_baseline="latest"))
-    assert options.compare_fail == (check,)
 
 
 def test_a_cells_glob_matching_nothing_names_the_glob_and_lists_cells(matrix):
@@ -112,12 +136,16 @@ def test_validate_with_a_glob_matching_nothing_exits_2_with_one_line(tmp_path):
     assert line.startswith(f"harness validate: --cells 'llama/*' matches no cell of {path}")
 
 
-def test_pytest_refuses_compare_fail_without_baseline_and_on_unknown_metric():
+def test_pytest_refuses_compare_fail_without_baseline():
     no_baseline = _run("pytest", "suites", "--plan", "-q", "-p", "no:cacheprovider",
                        "--compare-fail", "throughput.output_throughput:-5%")
     assert no_baseline.returncode == 4
     assert "needs --baseline RUN" in no_baseline.stdout + no_baseline.stderr
-    unknown = _run("pytest", "suites", "--plan", "-q", "-p", "no:cacheprovider",
-                   "--baseline", "latest", "--compare-fail", "throughput.tput:-5%")
-    assert unknown.returncode == 4
-    assert "throughput records no metric 'tput'" in unknown.stderr
+
+
+def test_harness_compare_refuses_a_check_on_a_metric_neither_run_recorded(tmp_path):
+    run_id = baseline_run(tmp_path / "reports")
+    done = _run("harness.cli", "compare", run_id, run_id, "--results-dir",
+                str(tmp_path / "reports"), "--compare-fail", "accuracy.exact_match_strict:-0.02")
+    assert done.returncode == 2
+    assert "recorded no metric matching it" in done.stderr
