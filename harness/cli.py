@@ -104,6 +104,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 1 if any(d.failure for d in deltas) else 0
 
 
+def _cmd_leftovers(args: argparse.Namespace) -> int:
+    """Processes of crashed runs (harness gone, group left): list them, or stop them."""
+    from harness import process_registry
+
+    directory = Path(args.dir) if args.dir else None
+    if args.stop:
+        stopped = process_registry.reap_leftovers(directory)
+        for lo in stopped:
+            print(lo.describe())
+        print(f"{len(stopped)} leftover group(s) stopped")
+        return 0
+    found = [lo for lo in process_registry.find_leftovers(directory) if lo.pids]
+    for lo in found:
+        print(f"group {lo.pgid} (pids {', '.join(map(str, lo.pids))}) of crashed "
+              f"{'run ' + lo.run_id if lo.run_id else f'harness pid {lo.owner_pid}'}: "
+              f"{' '.join(lo.argv)[:120]}")
+    print(f"{len(found)} leftover group(s); `harness leftovers --stop` stops them")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="List stored runs, oldest first")
     runs.add_argument("--results-dir", default="reports", metavar="DIR")
     runs.set_defaults(func=_cmd_runs)
+
+    left = sub.add_parser(
+        "leftovers", help="Processes crashed runs left behind (verified, never by name)"
+    )
+    left.add_argument("--stop", action="store_true", help="stop them (SIGTERM, then SIGKILL)")
+    left.add_argument("--dir", metavar="DIR", help="the process records (default: per user)")
+    left.set_defaults(func=_cmd_leftovers)
 
     try:
         from harness.measurements.cli import add_subparser

@@ -125,3 +125,34 @@ def test_a_live_runs_processes_are_never_reaped(tmp_path):
         assert len(list((tmp_path / "registry").glob("*.jsonl"))) == 1
     finally:
         proc.stop()
+
+
+def test_harness_leftovers_lists_then_stops_a_crashed_runs_group(tmp_path):
+    registry = tmp_path / "registry"
+    pids_file = tmp_path / "pids"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    harness = subprocess.Popen(
+        [sys.executable, "-c", HARNESS, str(registry), "ignore-sigterm", str(pids_file), LEADER],
+        env=env, start_new_session=True,
+    )
+    try:
+        assert _wait(pids_file.exists)
+        leader, engine = map(int, pids_file.read_text().split())
+        os.kill(harness.pid, signal.SIGKILL)
+        harness.wait()
+        cli = [sys.executable, "-m", "harness.cli", "leftovers", "--dir", str(registry)]
+        listed = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=120)
+        assert listed.returncode == 0
+        assert f"group {leader} (pids {min(leader, engine)}, {max(leader, engine)}) of crashed " \
+               "run crashed-run" in listed.stdout
+        assert alive(leader) and alive(engine)
+        stopped = subprocess.run([*cli, "--stop"], capture_output=True, text=True, env=env,
+                                 timeout=120)
+        assert stopped.stdout.splitlines()[-1] == "1 leftover group(s) stopped"
+        assert not alive(leader) and not alive(engine)
+    finally:
+        harness.kill()
+        harness.wait()
+        for pid in (int(p) for p in (pids_file.read_text().split() if pids_file.exists() else [])):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
