@@ -51,6 +51,35 @@ time.sleep(600)
 """
 
 
+# the same tree started from a test inside a real pytest process (the issue's SIGKILL of pytest)
+PYTEST_FILE = """
+import os, sys, time
+from pathlib import Path
+from harness import process_registry
+from harness.process import Command, ManagedProcess
+
+def test_serving_holds_a_server():
+    process_registry.activate(Path(os.environ["REG"]), run_id="crashed-run")
+    argv = (sys.executable, "-c", os.environ["LEADER"], os.environ["MODE"], os.environ["PIDS"])
+    ManagedProcess(Command(argv), Path(os.environ["PIDS"] + ".log"))
+    time.sleep(600)
+"""
+
+
+def _start_parent(kind: str, tmp_path: Path, registry: Path, mode: str, pids: Path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if kind == "python":
+        argv = [sys.executable, "-c", HARNESS, str(registry), mode, str(pids), LEADER]
+    else:
+        test = tmp_path / "test_hold.py"
+        test.write_text(PYTEST_FILE)
+        env.update(REG=str(registry), LEADER=LEADER, MODE=mode, PIDS=str(pids))
+        argv = [sys.executable, "-m", "pytest", str(test), "-q", "-p", "no:cacheprovider",
+                "--rootdir", str(tmp_path)]
+    return subprocess.Popen(argv, env=env, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _wait(predicate, timeout_s: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -69,17 +98,16 @@ def decoy():
     proc.wait()
 
 
-@pytest.mark.parametrize("mode", ["default", "ignore-sigterm"])
-def test_sigkill_of_the_harness_leaves_nothing_after_the_next_runs_reaper(tmp_path, decoy, mode):
+@pytest.mark.parametrize(("parent", "mode"), [("python", "default"), ("python", "ignore-sigterm"),
+                                              ("pytest", "default")])
+def test_sigkill_of_the_harness_leaves_nothing_after_the_next_runs_reaper(
+    tmp_path, decoy, parent, mode
+):
     registry = tmp_path / "registry"
     pids_file = tmp_path / "pids"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    harness = subprocess.Popen(
-        [sys.executable, "-c", HARNESS, str(registry), mode, str(pids_file), LEADER],
-        env=env, start_new_session=True,
-    )
+    harness = _start_parent(parent, tmp_path, registry, mode, pids_file)
     try:
-        assert _wait(pids_file.exists), "the harness did not start its process tree"
+        assert _wait(pids_file.exists, 120), "the harness did not start its process tree"
         leader, engine = map(int, pids_file.read_text().split())
         assert os.getpgid(engine) == leader  # one group, as vLLM's server and engine
         (record,) = registry.glob("*.jsonl")
