@@ -98,13 +98,14 @@ def _has_token(pid: int, token: str) -> bool:
     return f"{ENV_TOKEN}={token}".encode() in env.split(b"\0")
 
 
-def _group_members(pgid: int) -> list[int]:
-    out = []
+def _groups() -> dict[int, list[int]]:
+    """Live (non-zombie) processes by process group: one pass over /proc."""
+    out: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             fields = _stat(int(entry))
-            if fields and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-                out.append(int(entry))
+            if fields and fields[0] not in ("Z", "X"):
+                out.setdefault(int(fields[2]), []).append(int(entry))
     return out
 
 
@@ -240,14 +241,14 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return [r for r in records if isinstance(r, dict)]
 
 
-def _verified(group: dict[str, Any], boot: str) -> dict[int, int]:
+def _verified(group: dict[str, Any], members: dict[int, list[int]]) -> dict[int, int]:
     """Survivors of a recorded group that are provably its members: {pid: start time}."""
     leader, pgid, token = int(group["pid"]), int(group["pgid"]), str(group["token"])
     started = group.get("start")
     if started is None:
         return {}
     out = {}
-    for pid in _group_members(pgid):
+    for pid in members.get(pgid, []):
         begun = start_time(pid)
         if begun is None or begun < int(started):
             continue  # older than the recorded leader: not of this group
@@ -262,17 +263,28 @@ def find_leftovers(directory: Path | None = None) -> list[Leftover]:
     directory = directory or default_dir()
     boot = boot_id()
     out: list[Leftover] = []
+    members: dict[int, list[int]] | None = None
     for path in sorted(directory.glob("*.jsonl")) if directory.is_dir() else []:
         records = _read(path)
         owner = next((r for r in records if r.get("kind") == "owner"), None)
-        if owner is None or owner.get("boot") != boot:
+        try:
+            if owner is None or owner.get("boot") != boot:
+                continue
+            if alive(int(owner["pid"]), owner.get("start")):
+                continue  # a run in progress
+            if members is None:
+                members = _groups()
+            owner_pid = int(owner["pid"])
+        except (KeyError, TypeError, ValueError):  # a malformed owner: leave the file alone
             continue
-        if alive(int(owner["pid"]), owner.get("start")):
-            continue  # a run in progress
         for group in (r for r in records if r.get("kind") == "group"):
-            pids = _verified(group, boot)
-            out.append(Leftover(path, int(owner["pid"]), owner.get("run_id"), int(group["pgid"]),
-                                list(group.get("argv", [])), sorted(pids), pids))
+            try:
+                pids = _verified(group, members)
+                pgid, argv = int(group["pgid"]), [str(a) for a in group.get("argv", [])]
+            except (KeyError, TypeError, ValueError):  # a malformed record stops nothing
+                continue
+            out.append(Leftover(path, owner_pid, owner.get("run_id"), pgid, argv,
+                                sorted(pids), pids))
     return out
 
 
@@ -317,10 +329,10 @@ def _forget_empty(directory: Path) -> None:
     for path in directory.glob("*.jsonl") if directory.is_dir() else []:
         records = _read(path)
         owner = next((r for r in records if r.get("kind") == "owner"), None)
-        if owner is None:
+        if owner is None or not isinstance(owner.get("pid"), int):
             continue
         other_boot = owner.get("boot") != boot
-        gone = other_boot or not alive(int(owner["pid"]), owner.get("start"))
+        gone = other_boot or not alive(owner["pid"], owner.get("start"))
         if other_boot or (gone and not any(r.get("kind") == "group" for r in records)):
             with contextlib.suppress(OSError):
                 path.unlink()

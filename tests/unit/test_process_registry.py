@@ -138,3 +138,12 @@ def test_a_child_started_off_the_main_thread_gets_no_death_signal():
     thread.join()
     assert got == [None]
     assert callable(reg.child_setup())
+
+
+def test_a_malformed_record_stops_nothing_and_does_not_crash_the_reaper(tmp_path, foreign):
+    started = reg.start_time(foreign.pid)
+    _write(tmp_path, _owner(), {"pid": foreign.pid, "pgid": foreign.pid, "start": started})
+    _write(tmp_path / "b", {"pid": "x", "start": 1, "boot": reg.boot_id()})
+    assert reg.reap_leftovers(tmp_path, grace_s=0.5) == []
+    assert reg.reap_leftovers(tmp_path / "b", grace_s=0.5) == []
+    assert reg.alive(foreign.pid)
