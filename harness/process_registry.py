@@ -178,6 +178,12 @@ class Registry:
                 "argv": list(argv), "token": token, "log": log, "time": time.time(),
             })
 
+    def name_run(self, run_id: str | None) -> None:
+        with self._lock:
+            self.run_id = run_id
+            if self._opened:
+                self._append({"kind": "run", "run_id": run_id, "time": time.time()})
+
     def close(self) -> None:
         """At a clean exit (every group stopped): nothing is left to reap."""
         with contextlib.suppress(OSError):
@@ -198,7 +204,11 @@ def current() -> Registry:
 def activate(directory: Path | None = None, run_id: str | None = None) -> Registry:
     """Name the run the records belong to (what the reaper reports) before groups start."""
     global _current
-    _current = Registry(directory or default_dir(), run_id)
+    directory = directory or default_dir()
+    if _current is not None and _current.pid == os.getpid() and _current.directory == directory:
+        _current.name_run(run_id)  # groups already recorded stay in the same file
+    else:
+        _current = Registry(directory, run_id)
     return _current
 
 
@@ -275,6 +285,8 @@ def find_leftovers(directory: Path | None = None) -> list[Leftover]:
             if members is None:
                 members = _groups()
             owner_pid = int(owner["pid"])
+            named = [r for r in records if r.get("kind") == "run"]
+            run_id = named[-1].get("run_id") if named else owner.get("run_id")
         except (KeyError, TypeError, ValueError):  # a malformed owner: leave the file alone
             continue
         for group in (r for r in records if r.get("kind") == "group"):
@@ -283,7 +295,7 @@ def find_leftovers(directory: Path | None = None) -> list[Leftover]:
                 pgid, argv = int(group["pgid"]), [str(a) for a in group.get("argv", [])]
             except (KeyError, TypeError, ValueError):  # a malformed record stops nothing
                 continue
-            out.append(Leftover(path, owner_pid, owner.get("run_id"), pgid, argv,
+            out.append(Leftover(path, owner_pid, run_id, pgid, argv,
                                 sorted(pids), pids))
     return out
 

@@ -147,3 +147,15 @@ def test_a_malformed_record_stops_nothing_and_does_not_crash_the_reaper(tmp_path
     assert reg.reap_leftovers(tmp_path, grace_s=0.5) == []
     assert reg.reap_leftovers(tmp_path / "b", grace_s=0.5) == []
     assert reg.alive(foreign.pid)
+
+
+def test_naming_the_run_later_keeps_earlier_groups_in_the_same_file(tmp_path):
+    with reg.recording(tmp_path) as registry:
+        proc = ManagedProcess(Command(SLEEPER), tmp_path / "log")
+        again = reg.activate(tmp_path, "run-9")
+    try:
+        assert again is registry
+        kinds = [json.loads(line)["kind"] for line in registry.path.read_text().splitlines()]
+        assert kinds == ["owner", "group", "run"]
+    finally:
+        proc.stop()
