@@ -156,6 +156,14 @@ def add_harness_options(addoption: Callable[..., Any]) -> None:
         "(e.g. throughput.output_throughput:-5%%, accuracy.exact_match_strict:-0.02)",
     )
     addoption(
+        "--recalibrate-invalid",
+        dest="harness_recalibrate_invalid",
+        action="store_true",
+        default=False,
+        help="A cached calibration that fails its check is calibrated again instead of failing "
+        "the cell (default: fail naming the file)",
+    )
+    addoption(
         "--harness-cache",
         dest="harness_cache",
         metavar="DIR",
@@ -179,6 +187,7 @@ class RunOptions:
     compare_fail: tuple[RegressionCheck, ...] = ()
     # the options that narrowed the run to part of the matrix, as typed (for the report)
     selection: tuple[str, ...] = ()
+    recalibrate_invalid: bool = False  # for calibration.service.ensure(recalibrate_invalid=)
 
     @classmethod
     def from_config(cls, config: Any) -> RunOptions:
@@ -214,6 +223,7 @@ class RunOptions:
             baseline=config.getoption("harness_baseline"),
             compare_fail=checks,
             selection=_selection(config),
+            recalibrate_invalid=bool(config.getoption("harness_recalibrate_invalid", False)),
         )
 
 
