@@ -26,11 +26,19 @@ from harness.stages.serving import ServerHandle
 class CellResources:
     """One cell's calibration artifacts (computed once) and server (started once)."""
 
-    def __init__(self, cell: Cell, backend: Backend, store: RunStore, cache_dir: Path) -> None:
+    def __init__(
+        self,
+        cell: Cell,
+        backend: Backend,
+        store: RunStore,
+        cache_dir: Path,
+        recalibrate_invalid: bool = False,
+    ) -> None:
         self.cell = cell
         self.backend = backend
         self.store = store
         self.cache_dir = cache_dir
+        self.recalibrate_invalid = recalibrate_invalid
         self._calibration: tuple[CalibrationArtifacts | None] | None = None
         self._server: ServerHandle | None = None
         self._stack = contextlib.ExitStack()
@@ -43,7 +51,9 @@ class CellResources:
         """The cell's FP8 calibration artifacts (None for BF16); a failure is not cached."""
         if self._calibration is None:
             self._calibration = (
-                calibration_stage.ensure(self.backend, self.cell, self.cache_dir),
+                calibration_stage.ensure(
+                    self.backend, self.cell, self.cache_dir, self.recalibrate_invalid
+                ),
             )
         return self._calibration[0]
 
@@ -66,17 +76,22 @@ class CellResources:
 class CellSlot:
     """Holds the resources of the current cell; a new cell releases the previous one."""
 
-    def __init__(self, backend: Backend, store: RunStore, cache_dir: Path) -> None:
+    def __init__(
+        self, backend: Backend, store: RunStore, cache_dir: Path, recalibrate_invalid: bool = False
+    ) -> None:
         self.backend = backend
         self.store = store
         self.cache_dir = cache_dir
+        self.recalibrate_invalid = recalibrate_invalid
         self.current: CellResources | None = None
 
     def enter(self, cell: Cell) -> CellResources:
         if self.current is not None and self.current.cell.id == cell.id:
             return self.current
         self.close()
-        self.current = CellResources(cell, self.backend, self.store, self.cache_dir)
+        self.current = CellResources(
+            cell, self.backend, self.store, self.cache_dir, self.recalibrate_invalid
+        )
         return self.current
 
     def release_unless(self, next_cell: Cell | None) -> None:

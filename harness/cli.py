@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from pathlib import Path
 
-from harness.compare import parse_compare_fail
 from harness.errors import HarnessError
+from harness.options import parse_compare_check
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
@@ -28,10 +29,23 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from harness.matrix import load_matrix
+    from harness.options import check_selection
+    from harness.options import parse_globs
+    from harness.options import parse_stages
 
     matrix = load_matrix(args.matrix)
+    try:
+        globs = parse_globs(args.cells) if args.cells else None
+        stages = parse_stages(args.stages) if args.stages else None
+    except argparse.ArgumentTypeError as exc:
+        raise HarnessError(str(exc)) from None
+    check_selection(matrix, globs, stages)
+    cells = [c for c in matrix.cells if not globs or any(fnmatch.fnmatchcase(c.id, g)
+                                                         for g in globs)]
     print(f"{matrix.path}: {len(matrix.cells)} cells, backend {matrix.backend}")
-    for cell in matrix.cells:
+    if globs:
+        print(f"  --cells {args.cells}: {len(cells)} of them")
+    for cell in cells:
         print(f"  {cell.id}  stages: {', '.join(s.value for s in cell.stages)}")
     return 0
 
@@ -80,9 +94,34 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise HarnessError(
                 f"{args.results_dir}: no run {run_id!r} (runs: {', '.join(runs) or 'none'})"
             )
+    from harness.options import compare_fail_problem
+
+    problem = compare_fail_problem(args.compare_fail, store.root, args.base)
+    if problem:
+        raise HarnessError(problem)
     deltas = compare(store.load(args.base), store.load(args.run), args.compare_fail)
     print(render_compare(deltas, args.base, args.run), end="")
     return 1 if any(d.failure for d in deltas) else 0
+
+
+def _cmd_leftovers(args: argparse.Namespace) -> int:
+    """Processes of crashed runs (harness gone, group left): list them, or stop them."""
+    from harness import process_registry
+
+    directory = Path(args.dir) if args.dir else None
+    if args.stop:
+        stopped = process_registry.reap_leftovers(directory)
+        for lo in stopped:
+            print(lo.describe())
+        print(f"{len(stopped)} leftover group(s) stopped")
+        return 0
+    found = [lo for lo in process_registry.find_leftovers(directory) if lo.pids]
+    for lo in found:
+        print(f"group {lo.pgid} (pids {', '.join(map(str, lo.pids))}) of crashed "
+              f"{'run ' + lo.run_id if lo.run_id else f'harness pid {lo.owner_pid}'}: "
+              f"{' '.join(lo.argv)[:120]}")
+    print(f"{len(found)} leftover group(s); `harness leftovers --stop` stops them")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="Load a matrix and list its cells")
     validate.add_argument("--matrix", default="smoke-cpu", metavar="NAME|PATH")
+    validate.add_argument("--cells", metavar="GLOBS", help="check that these globs select cells")
+    validate.add_argument("--stages", metavar="STAGES", help="check that the cells run these")
     validate.set_defaults(func=_cmd_validate)
 
     report = sub.add_parser("report", help="Print the Markdown summary of a run (default: latest)")
@@ -118,13 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("run", help="Run id to judge")
     comp.add_argument("--results-dir", default="reports", metavar="DIR")
     comp.add_argument(
-        "--compare-fail", type=parse_compare_fail, action="append", default=[], metavar="SPEC"
+        "--compare-fail", type=parse_compare_check, action="append", default=[], metavar="SPEC"
     )
     comp.set_defaults(func=_cmd_compare)
 
     runs = sub.add_parser("runs", help="List stored runs, oldest first")
     runs.add_argument("--results-dir", default="reports", metavar="DIR")
     runs.set_defaults(func=_cmd_runs)
+
+    left = sub.add_parser(
+        "leftovers", help="Processes crashed runs left behind (verified, never by name)"
+    )
+    left.add_argument("--stop", action="store_true", help="stop them (SIGTERM, then SIGKILL)")
+    left.add_argument("--dir", metavar="DIR", help="the process records (default: per user)")
+    left.set_defaults(func=_cmd_leftovers)
 
     try:
         from harness.measurements.cli import add_subparser

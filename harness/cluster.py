@@ -91,6 +91,8 @@ def _facts_function() -> Callable[[dict[str, Any]], dict[str, Any]]:
             "executable": sys.executable,
             "cores": len(os.sched_getaffinity(0)),
             "env": {k: os.environ.get(k) for k in spec.get("env", [])},
+            # required names: whether they are set, never their values (tokens stay here)
+            "env_set": {k: bool(os.environ.get(k)) for k in spec.get("env_set", [])},
             "packages": {},
             "modules": {},
             "commands": {},

@@ -8,9 +8,12 @@ the harness is active. The fixtures hand a stage exactly what it uses: `stage` (
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from harness import backends
+from harness import process_registry
 from harness.calibration.artifacts import CalibrationArtifacts
 from harness.cell import Cell
 from harness.cell import Stage
@@ -19,6 +22,7 @@ from harness.errors import HarnessError
 from harness.matrix import load_matrix
 from harness.options import RunOptions
 from harness.options import add_harness_options
+from harness.options import check_selection
 from harness.session import PLUGIN_NAME
 from harness.session import RECORDER_KEY
 from harness.session import HarnessSession
@@ -58,6 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
     run_id = worker.get("harness_run_id") if worker else None
     try:
         matrix = load_matrix(options.matrix)
+        check_selection(matrix, options.cells, options.stages)
         backend = backends.get(
             options.backend or matrix.backend,
             {"workdir": str(options.results_dir), "cache_dir": str(options.cache_dir)},
@@ -65,8 +70,13 @@ def pytest_configure(config: pytest.Config) -> None:
         session = HarnessSession(options, matrix, backend, run_id, worker is not None)
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if worker is None and not options.plan:  # what a crashed (SIGKILLed) run left behind
+        for left in process_registry.reap_leftovers():
+            print(f"harness: stopped a crashed run's leftover: {left.describe()}", file=sys.stderr)
+    process_registry.activate(run_id=session.store.run_id)
     config.pluginmanager.register(session, PLUGIN_NAME)
     stop_on_sigterm()
+    session.signals.install()  # after stop_on_sigterm: it notes the signal, then that acts
 
 
 # fixtures ----------------------------------------------------------------

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from harness import process_registry
 from harness.errors import HarnessError
 
 
@@ -109,7 +110,13 @@ class ManagedProcess:
         self.command = command
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **{k: str(v) for k, v in command.env.items()}}
+        registry = process_registry.current()
+        token = registry.new_token()  # marks the group's processes as ours for the reaper
+        env = {
+            **os.environ,
+            **{k: str(v) for k, v in command.env.items()},
+            process_registry.ENV_TOKEN: token,
+        }
         self._log = log_path.open("ab")
         try:
             self.popen = subprocess.Popen(
@@ -120,12 +127,15 @@ class ManagedProcess:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=process_registry.child_setup(),  # dies with the harness (Linux)
             )
         except OSError as exc:
             self._log.close()
             raise CommandFailed(command, f"could not start: {exc.strerror}") from None
         self.pgid = self.popen.pid
         _live_groups.add(self.pgid)
+        with contextlib.suppress(OSError):  # a full /tmp must not stop the run
+            registry.record(self.pid, self.pgid, command.argv, token, str(log_path))
 
     @property
     def pid(self) -> int:

@@ -1,7 +1,9 @@
 """Result records and their on-disk store: one JSON line per stage, flushed as each stage ends.
 
 Record keys (schema_version 1), one object per line of `reports/<run-id>/results.jsonl`:
-  kind            "run" (first line: the run's context) or "stage"
+  kind            "run" (first line: the run's context), "stage", or "end" (last line: how the
+                  run ended, status completed | interrupted | internal_error, signal, exit_status,
+                  not_run: the selected stages that never ran; absent when the run was killed)
   run_id          the run's id, e.g. 20261123-161500-042-a1b2 (sorts by start time)
   cell            cell id, e.g. "tiny-moe/cpu/tp1-ep2/fp8-kv-fp8"          (stage records)
   stage           preflight | collectives | calibration | serving | accuracy | throughput
@@ -92,6 +94,10 @@ class RunStore:
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+    def end(self, record: dict[str, Any]) -> None:
+        """The run's last line: how it ended (harness.run_ending.end_record)."""
+        self._append({"run_id": self.run_id, **record})
 
     def latest(self, cell_id: str, stage: str) -> StageResult | None:
         """The last record of `stage` of `cell_id` in this run (any worker's), or None."""

@@ -41,6 +41,11 @@ from harness.report.run_end import load_baseline
 from harness.results import RunStore
 from harness.results import new_run_id
 from harness.results import now_iso
+from harness.results import stage_results
+from harness.run_ending import SignalWatch
+from harness.run_ending import end_record
+from harness.run_ending import ending_line
+from harness.run_ending import signals_deferred
 from harness.stages.base import Recorder
 from harness.stages.base import StageContext
 
@@ -123,11 +128,15 @@ class HarnessSession:
         self.backend = backend
         self.store = RunStore(options.results_dir, run_id or new_run_id())
         self.failures: dict[str, str] = {}  # cell id -> the first failed stage, one line
-        self.cells = CellSlot(backend, self.store, options.cache_dir)
+        self.cells = CellSlot(
+            backend, self.store, options.cache_dir, options.recalibrate_invalid
+        )
         self.baseline = load_baseline(options.results_dir, options.baseline)
         self._params: dict[str, Any] = {}
         self._order = self._run_order()
         self._selected: set[str] = set()
+        self._selected_pairs: list[tuple[str, str]] = []  # (cell id, stage) of the items
+        self.signals = SignalWatch()  # which signal stopped the run, for its end record
         self._opened = False
         self.regressions: list[str] = []  # against --baseline, set at session end
 
@@ -254,8 +263,13 @@ class HarnessSession:
         if empty:
             config.hook.pytest_deselected(items=empty)
         items[:] = sorted((i for i in items if i not in empty), key=self.sort_key)
-        picked = {id(c): c for c in map(cell_of, items) if c is not None}  # cells are shared
-        self._selected = {c.id for c in picked.values()}
+        ids = {id(c): c.id for c in map(cell_of, items) if c is not None}  # cells are shared
+        self._selected = set(ids.values())
+        self._selected_pairs = [
+            (ids[id(cell)], stage.value)
+            for cell, stage in ((cell_of(i), stage_of(i)) for i in items)
+            if cell is not None and stage is not None
+        ]
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -320,15 +334,31 @@ class HarnessSession:
 
     # hooks: the end ------------------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.cells.close()
-        kill_all_groups()
-        if self.is_worker or self.options.plan:
-            return
-        self.regressions = finish_run(
-            self.store, self.matrix.name, self.baseline, self.options.compare_fail
-        )
+        # a second Ctrl-C while the groups stop and the reports are written waits (30 s at most)
+        with signals_deferred(30.0):
+            self.cells.close()
+            kill_all_groups()
+            if self.is_worker or self.options.plan:
+                return
+            ending = self._record_end(int(session.exitstatus))
+            self.regressions = finish_run(
+                self.store, self.matrix.name, self.baseline, self.options.compare_fail, ending
+            )
         if self.regressions and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _record_end(self, exit_status: int) -> str:
+        """Append the run's end record (completed / interrupted, stages never run); return the
+        line that heads its reports when it did not complete ("" when it did)."""
+        if not self.store.path.is_file():
+            return ""
+        selected = self._selected_pairs or [  # xdist's controller collects nothing itself
+            (c.id, s.value) for s in Stage for c in self.cells_for(s)
+        ]
+        recorded = [(r.cell, r.stage) for r in stage_results(self.store.path)]
+        record = end_record(exit_status, self.signals.first, selected, recorded)
+        self.store.end(record)
+        return ending_line(record)
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         if self.options.plan:

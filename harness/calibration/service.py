@@ -92,17 +92,42 @@ def plan(
     return Plan(job, key, entry, derivation)
 
 
-def ensure(cell: Cell, backend: CalibrationBackend, cache_dir: Path) -> CalibrationArtifacts:
-    """The cell's artifacts, computing the calibration and its derived set at most once."""
+def ensure(
+    cell: Cell, backend: CalibrationBackend, cache_dir: Path, recalibrate_invalid: bool = False
+) -> CalibrationArtifacts:
+    """The cell's artifacts, computing the calibration and its derived set at most once.
+
+    The set about to be served is checked first (a corrupt cache entry is refused naming the
+    file, or recalibrated with `recalibrate_invalid`), also when the calibration stage is not
+    selected and nothing else would look at it."""
     p = plan(cell, backend, cache_dir)
     lock = p.entry.with_name(p.entry.name + ".lock")
     with keys.locked(lock, cell.settings.calibration.timeout_s):
-        done = keys.read_done(p.entry)
-        if done is None:
-            done = _calibrate(p, backend)
-        if p.derivation is not None and p.derivation.name not in done["derived"]:
-            done = _derive(p, backend, done)
+        done = _complete(p, backend, keys.read_done(p.entry))
+        problem = _served_problem(p, backend)
+        if problem is not None and recalibrate_invalid:
+            shutil.rmtree(p.entry)
+            done = _complete(p, backend, None)
+            problem = _served_problem(p, backend)
+        if problem is not None:
+            raise problem
     return artifacts(cell, backend, p, done)
+
+
+def _complete(p: Plan, backend: Any, done: dict[str, Any] | None) -> dict[str, Any]:
+    if done is None:
+        done = _calibrate(p, backend)
+    if p.derivation is not None and p.derivation.name not in done.get("derived", {}):
+        done = _derive(p, backend, done)
+    return done
+
+
+def _served_problem(p: Plan, backend: Any) -> keys.InvalidEntry | None:
+    served = _served_recipe(backend, p)
+    device = p.job.device if p.job.device in ("g2", "g3") else None
+    return keys.entry_problem(
+        p.entry, served.quant_config, served.measurement_dir, served.world, device
+    )
 
 
 def _fail(p: Plan, exc: Exception) -> HarnessError:
@@ -155,7 +180,7 @@ def _derive(p: Plan, backend: CalibrationBackend, done: dict[str, Any]) -> dict[
     except StepFailed as exc:
         raise _fail(p, exc) from None
     done = json.loads(json.dumps(done))
-    done["derived"][p.derivation.name] = {
+    done.setdefault("derived", {})[p.derivation.name] = {
         "fused": False,
         "derive_s": round(time.monotonic() - t0, 3),
         "steps_s": times,

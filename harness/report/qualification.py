@@ -23,6 +23,7 @@ from harness.results import StageResult
 from harness.results import read_records
 from harness.results import stage_results
 from harness.results import write_atomic
+from harness.run_ending import ending_line
 
 # metrics followed across runs: (stage, metric, label)
 TREND_METRICS: tuple[tuple[str, str, str], ...] = (
@@ -44,7 +45,11 @@ class Run:
 
 def load_run(store: ResultStore, run_id: str) -> Run:
     path = store.root / run_id / "results.jsonl"
-    context = next((r for r in read_records(path) if r.get("kind") == "run"), {})
+    records = list(read_records(path))
+    context = next((r for r in records if r.get("kind") == "run"), {})
+    end = next((r for r in reversed(records) if r.get("kind") == "end"), None)
+    if end is not None:  # how the run ended (interrupted, internal error) rides with its context
+        context = {**context, "end": end}
     return Run(run_id, context, stage_results(path))
 
 
@@ -72,6 +77,9 @@ def verdict(run: Run) -> tuple[str, str]:
     counts = status_counts(run.results)
     cells = len({r.cell for r in run.results})
     total = len(run.results)
+    ending = ending_line(run.context.get("end") or {})
+    if ending and not counts["failed"]:
+        return "INCOMPLETE", f"the run did not complete: {ending}"
     if counts["failed"]:
         failed_cells = len({r.cell for r in run.results if r.status == "failed"})
         return "NOT QUALIFIED", f"{counts['failed']} stage(s) failed in {failed_cells} cell(s)"

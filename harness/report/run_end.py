@@ -67,12 +67,19 @@ def finish_run(
     matrix_name: str,
     baseline: Baseline | None,
     checks: Sequence[RegressionCheck],
+    ending: str = "",
 ) -> list[str]:
-    """Write the run's end files; return the regressions against the baseline, one line each."""
+    """Write the run's end files; return the regressions against the baseline, one line each.
+
+    `ending` (an interrupted run's "INTERRUPTED by SIGINT; ...") heads summary.md."""
     if not store.path.is_file():
         return []
     results = stage_results(store.path)
-    write_atomic(store.dir / "summary.md", render_summary(results, matrix_name, store.run_id))
+    summary = render_summary(results, matrix_name, store.run_id)
+    if ending:
+        title, _, rest = summary.partition("\n")
+        summary = f"{title}\n\n**{ending}**\n{rest}"
+    write_atomic(store.dir / "summary.md", summary)
     write_qualification(store.root, store.run_id, store.dir)
     if baseline is None:
         return []

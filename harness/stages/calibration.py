@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.backends.contracts import Backend
 from harness.calibration.artifacts import CalibrationArtifacts
+from harness.calibration.key import InvalidEntry
 from harness.cell import Cell
 from harness.cell import Stage
 from harness.devices import GAUDI_DEVICES
@@ -31,8 +32,11 @@ from harness.stages.base import StageSkipped
 _ENSURE_S: dict[str, float] = {}
 
 
-def ensure(backend: Backend, cell: Cell, cache_dir: Path) -> CalibrationArtifacts | None:
-    """Calibration artifacts for `cell` (computed once per key); None for a BF16 cell."""
+def ensure(
+    backend: Backend, cell: Cell, cache_dir: Path, recalibrate_invalid: bool = False
+) -> CalibrationArtifacts | None:
+    """Calibration artifacts for `cell` (computed once per key); None for a BF16 cell. A corrupt
+    cache entry fails naming the file (or is calibrated again with `recalibrate_invalid`)."""
     if not cell.is_fp8:
         return None
     reason = backend.skip_reason(cell, Stage.CALIBRATION)
@@ -42,7 +46,9 @@ def ensure(backend: Backend, cell: Cell, cache_dir: Path) -> CalibrationArtifact
 
     t0 = time.monotonic()
     try:
-        artifacts = service.ensure(cell, backend, cache_dir)
+        artifacts = service.ensure(cell, backend, cache_dir, recalibrate_invalid)
+    except InvalidEntry as exc:  # its message names the file and the fix already
+        raise StageError(cell.id, Stage.CALIBRATION.value, str(exc)) from None
     except HarnessError as exc:
         if isinstance(exc, StageError | StageSkipped):
             raise

@@ -32,6 +32,7 @@ from harness.backends.gaudi.node_checks import multi_node_env
 from harness.backends.gaudi.node_checks import nic_ports
 from harness.backends.gaudi.node_checks import per_node
 from harness.backends.gaudi.node_checks import quant_config_buffer
+from harness.backends.gaudi.node_checks import required_env
 from harness.cell import Cell
 from harness.process import Command
 
@@ -115,6 +116,7 @@ class GaudiPreflight(BackendCore):
             paths["model"] = str(Path(cell.model.path) / "config.json")
         return {
             "env": list(NODE_ENV),
+            "env_set": list(cell.settings.preflight.required_env),  # the cell's, not a fixed list
             "env_paths": ["QUANT_CONFIG"],
             "packages": list(PACKAGES),
             "modules": list(MODULES),
@@ -164,16 +166,7 @@ class GaudiPreflight(BackendCore):
         if cell.device == "g2" and cell.model.architecture == "deepseek_v3":
             checks.append(converted_weights(cell))
         checks.append(cpu_governor(cell, nodes))
-        for var in cell.settings.preflight.required_env:
-            unset = [n for n, f in per_node(nodes) if not f.get("env", {}).get(var)]
-            checks.append(
-                Check(
-                    f"env.{var}",
-                    CheckStatus.FAIL if unset else CheckStatus.PASS,
-                    f"not set on {', '.join(unset)}" if unset else "set on every node",
-                    f"export {var}=... on every node before `ray start`" if unset else "",
-                )
-            )
+        checks += required_env(cell.settings.preflight.required_env, nodes)
         return checks
 
     def _devices(self, cell: Cell, nodes: Facts) -> Check:
