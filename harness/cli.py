@@ -48,6 +48,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     path = store.root / run_id / "results.jsonl"
     if not path.is_file():
         raise HarnessError(f"{path}: no such run; runs: {', '.join(store.runs()) or 'none'}")
+    if args.html:
+        from harness.report.html import write_html
+        from harness.report.qualification import earlier_runs
+        from harness.report.qualification import load_run
+
+        run = load_run(store, run_id)
+        print(write_html(run, earlier_runs(store, run), path.parent))
+        return 0
     if args.qualification:
         from harness.report import qualification
 
@@ -108,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the sign-off report instead: verdict, run context, every gate, FP8 against BF16, "
         "emulations, trend over earlier runs (rewrites report.md and trend.png of the run)",
+    )
+    report.add_argument(
+        "--html",
+        action="store_true",
+        help="write the run's report.html (self-contained, opens offline) and print its path",
     )
     report.set_defaults(func=_cmd_report)
 
