@@ -33,8 +33,8 @@ def _anchor(cell: str, stage: str) -> str:
 
 def _grid(run: Run, run_dir: Path) -> str:
     by_cell: dict[str, dict[str, StageResult]] = {}
-    for r in run.results:
-        by_cell.setdefault(r.cell, {})[r.stage] = r
+    for result in run.results:
+        by_cell.setdefault(result.cell, {})[result.stage] = result
     stages = [s for s in STAGE_NAMES if any(s in row for row in by_cell.values())]
     rows, classes = [], []
     for cell, row in by_cell.items():
@@ -71,14 +71,16 @@ def _gates(run: Run) -> tuple[str, dict[str, int]]:
         for g in r.gates:
             status = facts.gate_status(g, r.cell)
             counts[status] = counts.get(status, 0) + 1
+            message = escape(str(g.get("message", "")))
             rows.append([escape(r.cell), k.esc(g.get("metric", "?")), k.esc(g.get("value")),
                          k.esc(g.get("bound", "")), escape(facts.gate_interval(g)),
-                         escape(status), escape(str(g.get("message", ""))),
-                         escape(facts.gate_extras(g))])
-            classes.append(["", "", "", "", "", status.replace("/", ""), "", ""])
+                         f'<span title="{message}">{escape(status)}</span>',
+                         escape(facts.gate_extras(g)) + ("" if status == "passed" else
+                                                        f" {message}")])
+            classes.append(["", "", "", "", "", status.replace("/", ""), ""])
     if not rows:
         return k.para("No gate was evaluated in this run."), counts
-    head = ["cell", "metric", "value", "bound", "interval", "status", "message", "more"]
+    head = ["cell", "metric", "value", "bound", "interval", "status", "more"]
     return k.table(head, rows, classes, "gates"), counts
 
 

@@ -22,6 +22,7 @@ LATENCY_CHARTS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("e2el", "E2E latency"))
 CALIBRATION_FACTS = ("nodes_measured", "experts_covered", "world", "calibrated_world", "derived",
                      "scale_files", "check_ok", "check_warnings", "qdq_rel_err",
                      "calibration_s", "derive_s")
+OPEN_CELLS = 4  # distributions shown unfolded for the first cells; the rest one click away
 
 
 def _stage(run: Run, cell: str, stage: str) -> StageResult | None:
@@ -97,17 +98,17 @@ def throughput(run: Run, run_dir: Path) -> str:
         for stat in ("median", "p99"):
             parts.append(chart(f"{stat}_{key}_ms", f"{stat} {label} (ms)"))
     parts.append("<h3>Per-request distributions</h3>")
-    for r in results:
-        parts.append(_distributions(run_dir, r))
+    for i, r in enumerate(results):
+        parts.append(f"<details{' open' if i < OPEN_CELLS else ''}><summary>"
+                     f"{escape(r.cell)}</summary>{_distributions(run_dir, r)}</details>")
     return "".join(parts)
 
 
 def _distributions(run_dir: Path, r: StageResult) -> str:
     detailed = facts.per_request(run_dir, r)
-    out = [f"<h3>{escape(r.cell)}</h3>"]
+    out: list[str] = []
     if not detailed:
-        return out[0] + k.para("per-request data not recorded (no benchmark result file)",
-                               "missing")
+        return k.para("per-request data not recorded (no benchmark result file)", "missing")
     for c, data in detailed.items():
         if data is None:
             out.append(k.para(f"c={c}: per-request TTFT/TPOT not recorded (the benchmark ran "
@@ -133,29 +134,46 @@ def _floor(r: StageResult, metric: str) -> list[tuple[float, str]]:
     return out[:1]
 
 
+def _bandwidth(run_dir: Path, r: StageResult) -> dict[str, list[tuple[float, float]]]:
+    """{"busbw": [(size, GB/s)], "algbw": [...]} from bandwidth.json, else the @size metrics."""
+    rows = facts.bandwidth_rows(run_dir, r)
+    if rows:
+        return {f: [(float(x["size_bytes"]), float(x[f"{f}_gbps"])) for x in rows]
+                for f in ("busbw", "algbw")}
+    out: dict[str, list[tuple[float, float]]] = {}
+    for name, vals in facts.by_size(r.metrics).items():
+        kind = "algbw" if "alg" in name else "busbw"
+        out[kind] = sorted((float(s), v) for s, v in vals.items())
+    return out
+
+
 def collectives(run: Run, run_dir: Path) -> str:
+    """Bus and algorithm bandwidth per message size, one line a cell, the gate's floor drawn."""
     results = _cells(run, "collectives")
     if not results:
         return k.para("No collective benchmark ran in this run.")
+    figures = {r.cell: _bandwidth(run_dir, r) for r in results}
+    floors = [f for r in results
+              for f in _floor(r, next((n for n in r.metrics if "bus" in n or
+                                       n.startswith("nw_")), "busbw"))]
     parts = []
-    for r in results:
-        rows = facts.bandwidth_rows(run_dir, r)
-        if rows:
-            points = {"busbw": [(float(x["size_bytes"]), float(x["busbw_gbps"])) for x in rows],
-                      "algbw": [(float(x["size_bytes"]), float(x["algbw_gbps"])) for x in rows]}
-        else:
-            sized = facts.by_size(r.metrics)
-            points = {n: sorted((float(s), v) for s, v in vals.items())
-                      for n, vals in sized.items()}
-        ticks = {x: format_size(int(x)) for pts in points.values() for x, _ in pts}
-        busbw = next((n for n in r.metrics if "bus" in n or n.startswith("nw_")), "busbw")
+    for kind, label in (("busbw", "bus bandwidth (GB/s)"), ("algbw", "algorithm bandwidth "
+                                                                      "(GB/s)")):
+        series = [svg.Series(c, f.get(kind, [])) for c, f in figures.items()]
+        ticks = {x: format_size(int(x)) for s in series for x, _ in s.points}
         parts.append(svg.line_chart(svg.Chart(
-            f"{r.cell}: all_reduce bandwidth (GB/s)", "message size", "GB/s",
-            [svg.Series(n, p) for n, p in points.items()], log_x=True,
-            x_tick_labels=ticks, ref_lines=_floor(r, busbw),
+            f"all_reduce {label} per message size", "message size", "GB/s", series,
+            log_x=True, x_tick_labels=ticks,
+            ref_lines=sorted(set(floors))[-1:] if kind == "busbw" else (),
         )))
-        if not points:
-            parts.append(k.para(f"{r.cell}: no per-size figures ({r.status})", "missing"))
+    missing = [c for c, f in figures.items() if not f]
+    if missing:
+        parts.append(k.para(f"no per-size figures for: {', '.join(missing)}", "missing"))
+    rows = [[escape(r.cell), escape(r.status), k.esc(r.metrics.get("nranks")),
+             k.esc(r.metrics.get("size_bytes")), k.esc(r.metrics.get("data_verified"))]
+            for r in results]
+    parts.append(k.table(["cell", "status", "ranks", "headline size (bytes)", "data verified"],
+                         rows))
     return "".join(parts)
 
 

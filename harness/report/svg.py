@@ -15,7 +15,8 @@ from html import escape
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#7f7f7f", "#bcbd22")
-W, H = 640, 300
+W, H = 580, 280
+HW, HH = 380, 200  # histograms: small, side by side
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 16, 56
 
 
@@ -131,7 +132,7 @@ def _x_ticks(chart: Chart, xs: list[float]) -> list[tuple[float, str]]:
     return [(x, _fmt(x)) for i, x in enumerate(xs) if i % keep == 0]
 
 
-def histogram(title: str, values: Sequence[float], x_label: str, bins: int = 30) -> str:
+def histogram(title: str, values: Sequence[float], x_label: str, bins: int = 24) -> str:
     """Counts per bin with the median and p99 marked: the shape a mean hides."""
     vals = sorted(v for v in values if math.isfinite(v))
     if not vals:
@@ -141,9 +142,9 @@ def histogram(title: str, values: Sequence[float], x_label: str, bins: int = 30)
     counts = [0] * bins
     for v in vals:
         counts[min(bins - 1, int((v - lo) / width))] += 1
-    pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
+    pw, ph = HW - LEFT - RIGHT, HH - TOP - BOTTOM
     top = max(counts)
-    out = [_open(title)]
+    out = [_open(title, HW, HH)]
     bw = pw / bins
     for i, c in enumerate(counts):
         if not c:
@@ -157,13 +158,15 @@ def histogram(title: str, values: Sequence[float], x_label: str, bins: int = 30)
         x = LEFT + (v - lo) / ((hi - lo) or 1.0) * pw
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{TOP + ph}" class="marker">'
                    f"<title>{name} {_fmt(v)}</title></line>")
-        out.append(f'<text x="{x + 3:.1f}" y="{TOP + 12}">{name} {_fmt(v)}</text>')
+        anchor, dx = ("end", -3) if x > HW - RIGHT - 70 else ("start", 3)
+        out.append(f'<text x="{x + dx:.1f}" y="{TOP + (12 if q < 0.9 else 26)}" '
+                   f'text-anchor="{anchor}">{name} {_fmt(v)}</text>')
     for v in (lo, (lo + hi) / 2, hi):
         x = LEFT + (v - lo) / ((hi - lo) or 1.0) * pw
-        out.append(f'<text x="{x:.1f}" y="{H - BOTTOM + 16}" text-anchor="middle">{_fmt(v)}'
+        out.append(f'<text x="{x:.1f}" y="{HH - BOTTOM + 16}" text-anchor="middle">{_fmt(v)}'
                    "</text>")
     out.append(f'<text x="{LEFT - 6}" y="{TOP + 4}" text-anchor="end">{top}</text>')
-    out.append(_axes(x_label, "requests"))
+    out.append(_axes(x_label, "requests", HW, HH))
     out.append("</svg>")
     return _figure(title, "".join(out), [f"{len(vals)} requests"])
 
@@ -174,16 +177,16 @@ def empty(title: str, why: str) -> str:
             f'<p class="missing">{escape(why)}</p></figure>')
 
 
-def _open(title: str) -> str:
-    return (f'<svg class="plot" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
+def _open(title: str, w: int = W, h: int = H) -> str:
+    return (f'<svg class="plot" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
             f'aria-label="{escape(title)}">')
 
 
-def _axes(x_label: str, y_label: str) -> str:
-    ph = H - TOP - BOTTOM
-    return (f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{TOP + ph}" y2="{TOP + ph}" class="axis"/>'
+def _axes(x_label: str, y_label: str, w: int = W, h: int = H) -> str:
+    ph = h - TOP - BOTTOM
+    return (f'<line x1="{LEFT}" x2="{w - RIGHT}" y1="{TOP + ph}" y2="{TOP + ph}" class="axis"/>'
             f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{TOP + ph}" class="axis"/>'
-            f'<text x="{LEFT + (W - LEFT - RIGHT) / 2}" y="{H - 12}" text-anchor="middle" '
+            f'<text x="{LEFT + (w - LEFT - RIGHT) / 2}" y="{h - 12}" text-anchor="middle" '
             f'class="label">{escape(x_label)}</text>'
             f'<text transform="translate(14 {TOP + ph / 2}) rotate(-90)" text-anchor="middle" '
             f'class="label">{escape(y_label)}</text>')
