@@ -68,6 +68,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from harness.report.dashboard import DEFAULT_METRICS
+    from harness.report.dashboard import build_dashboard
+    from harness.report.dashboard_source import default_change_points
+    from harness.report.dashboard_source import open_source
+
+    source = open_source(args.db, Path(args.results_dir))
+    metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
+    index = build_dashboard(source, Path(args.output), args.cells, metrics,
+                            default_change_points())
+    print(index)
+    return 0
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from harness.results import ResultStore
 
@@ -134,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-fail", type=parse_compare_fail, action="append", default=[], metavar="SPEC"
     )
     comp.set_defaults(func=_cmd_compare)
+
+    dash = sub.add_parser(
+        "dashboard", help="Write a static history site (runs by matrix, trends) to a directory"
+    )
+    dash.add_argument("-o", "--output", required=True, metavar="DIR")
+    dash.add_argument("--results-dir", default="reports", metavar="DIR")
+    dash.add_argument("--db", metavar="URL", help="read the history database instead")
+    dash.add_argument("--cells", default="*", metavar="GLOB")
+    dash.add_argument("--metrics", metavar="GLOBS", help="stage.metric globs, comma-separated")
+    dash.set_defaults(func=_cmd_dashboard)
 
     runs = sub.add_parser("runs", help="List stored runs, oldest first")
     runs.add_argument("--results-dir", default="reports", metavar="DIR")

@@ -42,7 +42,7 @@ svg.plot .ref{stroke:#a40e26;stroke-dasharray:5 4}svg.plot .reflabel{fill:#a40e2
 svg.plot .marker{stroke:#9467bd;stroke-dasharray:2 3;stroke-width:2}
 .legend span{display:inline-block;margin-right:12px;font-size:12px}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px}
-details{margin:6px 0}summary{cursor:pointer}
+.trend{display:inline-block;vertical-align:top}details{margin:6px 0}summary{cursor:pointer}
 .controls input,.controls select{margin-right:12px}
 """.strip()
 

