@@ -9,6 +9,7 @@ websocket client is the `websockets` package; only loopback is used.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -60,6 +61,7 @@ class Browser:
         self._session = ""
         self._next = 0
         self._events: list[dict[str, Any]] = []
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Browser:
         exe = chromium_path()
@@ -72,7 +74,8 @@ class Browser:
         self._proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       text=True, start_new_session=True)
         url = self._listening_url()
-        self._ws = connect(url, max_size=None, open_timeout=self.timeout_s)
+        self._ws = self._stack.enter_context(
+            connect(url, max_size=None, open_timeout=self.timeout_s))
         target = self.call("Target.createTarget", {"url": "about:blank"}, browser=True)
         attached = self.call("Target.attachToTarget",
                              {"targetId": target["targetId"], "flatten": True}, browser=True)
@@ -101,8 +104,7 @@ class Browser:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._ws is not None:
-            self._ws.close()
+        self._stack.close()
         if self._proc is not None and self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGTERM)
             try:

@@ -50,8 +50,9 @@ def _grid(run: Run, run_dir: Path) -> str:
             log = facts.log_tail(run_dir, r, 0) if r.status != "passed" else None
             logs = [a for a in facts.artifacts(run_dir, r) if "log" in a.name] or []
             link_to = log[0] if log else (logs[0].path if logs else "")
+            target = ("f-" if r.status == "failed" else "") + _anchor(cell, stage)
             cols.append(
-                f'<a class="status" href="#{_anchor(cell, stage)}">'
+                f'<a class="status" href="#{target}">'
                 f"{escape(STATUS_MARK.get(r.status, r.status))}</a>"
                 + "".join(f'<span class="fig">{escape(x)}</span>' for x in key)
                 + (f" {k.link(link_to, 'log')}" if link_to else "")
@@ -114,10 +115,12 @@ def _failures(run: Run, run_dir: Path) -> str:
         hint = facts.hint_of(r)
         tail = facts.log_tail(run_dir, r)
         out.append(
-            f'<div class="failure"><h3>{escape(r.cell)} [{escape(r.stage)}]</h3>'
+            f'<div class="failure" id="f-{_anchor(r.cell, r.stage)}"><h3>{escape(r.cell)} '
+            f"[{escape(r.stage)}]</h3>"
             f"<pre>{escape(facts.reason_of(r) or '(no message)')}</pre>"
             + (f'<p class="hint">fix: {escape(hint)}</p>' if hint else "")
-            + (f"<p>last lines of {k.link(tail[0], tail[0])}:</p><pre>{escape(tail[1])}</pre>"
+            + (f"<p>last lines of {k.link(tail[0], tail[0])}:</p>"
+               f'<pre class="log">{escape(tail[1])}</pre>'
                if tail else '<p class="missing">no log of this stage was found</p>')
             + "</div>"
         )
@@ -139,7 +142,8 @@ def _details(run: Run, run_dir: Path) -> str:
                          + "</li>")
         metrics = [[escape(n), k.esc(v)] for n, v in sorted(r.metrics.items())]
         out.append(
-            f'<details id="{_anchor(r.cell, r.stage)}"><summary><span class="{r.status}">'
+            f'<details id="{_anchor(r.cell, r.stage)}"{" open" if r.status == "failed" else ""}>'
+            f'<summary><span class="{r.status}">'
             f"{escape(STATUS_MARK.get(r.status, r.status))}</span> {escape(r.cell)} "
             f"[{escape(r.stage)}] {r.duration_s:.1f} s</summary>"
             + (f"<ul>{''.join(links)}</ul>" if links else "<p>no artifacts</p>")

@@ -181,9 +181,10 @@ def calibration(run: Run, run_dir: Path) -> str:
     results = _cells(run, "calibration")
     if not results:
         return k.para("No calibration ran in this run (BF16 cells have nothing to calibrate).")
-    rows = [[escape(r.cell), escape(r.status), *(k.esc(r.metrics.get(m)) for m in
-                                                  CALIBRATION_FACTS)] for r in results]
-    out = [k.table(["cell", "status", *CALIBRATION_FACTS], rows, table_id="calibration-table")]
+    shown = [m for m in CALIBRATION_FACTS if any(m in r.metrics for r in results)]
+    rows = [[escape(r.cell), escape(r.status), *(k.esc(r.metrics.get(m)) for m in shown)]
+            for r in results]
+    out = [k.table(["cell", "status", *shown], rows, table_id="calibration-table")]
     for r in results:
         findings = facts.calibration_findings(run_dir, r)
         if findings is None:

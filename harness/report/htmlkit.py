@@ -32,6 +32,7 @@ td.absent{color:#8c959f}
 .fig{display:block;font-size:12px;color:#333}
 .missing{color:#a40e26;font-style:italic}
 pre{background:#0d1117;color:#e6edf3;padding:8px;overflow-x:auto;font-size:12px;max-height:360px}
+pre.log{max-height:none}
 .note{background:#f6f8fa;border-left:4px solid #8c959f;padding:6px 10px}
 .hint{background:#ddf4ff;border-left:4px solid #0969da;padding:6px 10px}
 figure.chart{display:inline-block;margin:8px 12px 8px 0;vertical-align:top}
