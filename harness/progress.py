@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager
 from contextlib import contextmanager
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from typing import Literal
 
@@ -30,6 +31,8 @@ import pytest
 CI_INTERVAL_S = 30.0
 PREFIX = "[harness] "
 _NUMBER = re.compile(r"\d+(\.\d+)?")
+# a tqdm bar as lm-eval and `vllm bench serve` print it: "... 37/100 [00:12<00:20, ...]"
+_TQDM = re.compile(r"(\d+)/(\d+) \[")
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,26 @@ class Progress:
             self._shown = False
             if hasattr(self.reporter, "currentfspath"):
                 self.reporter.currentfspath = None  # pytest re-prints the file name next
+
+
+def log_count(path: Path, window: int = 4096) -> tuple[int, int] | None:
+    """The last tqdm count (done, total) in a client's log, or None (no bar yet, no file)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - window))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = _TQDM.findall(text)
+    return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
+def client_text(label: str, log_path: Path, unit: str, elapsed_s: float) -> str:
+    """`accuracy: 37/100 problems (log: ...)` from the client's bar, else the time so far."""
+    count = log_count(log_path)
+    done_text = f"{count[0]}/{count[1]} {unit}" if count else f"running, {elapsed_s:.0f} s"
+    return f"{label}: {done_text} (log: {log_path})"
 
 
 _current: Progress | None = None

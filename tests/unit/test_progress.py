@@ -67,6 +67,16 @@ def test_an_explicit_phase_and_a_new_test_always_print():
     assert throttle.feed("throughput c=32: 4/128 requests") is not None
 
 
+def test_client_progress_reads_the_last_tqdm_count_of_its_log(tmp_path):
+    log = tmp_path / "lm_eval.log"
+    assert progress.client_text("accuracy", log, "problems", 12.4) == (
+        f"accuracy: running, 12 s (log: {log})")
+    log.write_text("$ lm_eval ...\nRequesting API:   0%|          | 0/100 [00:00<?, ?it/s]"
+                   "\rRequesting API:  37%|###7      | 37/100 [00:12<00:20,  3.01it/s]")
+    assert progress.client_text("accuracy", log, "problems", 13.0) == (
+        f"accuracy: 37/100 problems (log: {log})")
+
+
 def test_outside_a_run_the_module_functions_do_nothing():
     with progress.installed(None):
         progress.update("calibration: rank 1/2 measuring, 12/64 samples")
