@@ -25,6 +25,7 @@ from harness.results import StageResult
 from harness.results import write_atomic
 
 REPORT_HTML = "report.html"
+ATTENTION = {"failed": 0, "unknown": 1}  # gates listed first; the rest keep their order
 
 
 def _anchor(cell: str, stage: str) -> str:
@@ -68,21 +69,31 @@ def _grid(run: Run, run_dir: Path) -> str:
 def _gates(run: Run) -> tuple[str, dict[str, int]]:
     rows, classes = [], []
     counts: dict[str, int] = {}
-    for r in run.results:
-        for g in r.gates:
-            status = facts.gate_status(g, r.cell)
-            counts[status] = counts.get(status, 0) + 1
-            message = escape(str(g.get("message", "")))
-            rows.append([escape(r.cell), k.esc(g.get("metric", "?")), k.esc(g.get("value")),
-                         k.esc(g.get("bound", "")), escape(facts.gate_interval(g)),
-                         f'<span title="{message}">{escape(status)}</span>',
-                         escape(facts.gate_extras(g)) + ("" if status == "passed" else
-                                                        f" {message}")])
-            classes.append(["", "", "", "", "", status.replace("/", ""), ""])
+    gates = [(r, g) for r in run.results for g in r.gates]
+    gates.sort(key=lambda rg: ATTENTION.get(facts.gate_status(rg[1], rg[0].cell), 9))
+    for r, g in gates:
+        status = facts.gate_status(g, r.cell)
+        counts[status] = counts.get(status, 0) + 1
+        message = escape(str(g.get("message", "")))
+        rows.append([escape(r.cell), k.esc(g.get("metric", "?")), k.esc(g.get("value")),
+                     k.esc(g.get("bound", "")), escape(facts.gate_interval(g)),
+                     f'<span title="{message}">{escape(status)}</span>',
+                     escape(facts.gate_extras(g)) + ("" if status == "passed" else
+                                                    f" {message}")])
+        classes.append(["", "", "", "", "", status.replace("/", ""), ""])
     if not rows:
         return k.para("No gate was evaluated in this run."), counts
     head = ["cell", "metric", "value", "bound", "interval", "status", "more"]
     return k.table(head, rows, classes, "gates"), counts
+
+
+def _unknown_warning(counts: dict[str, int]) -> str:
+    """An unknown gate was not evaluated: the page says so beside the verdict, whatever it is."""
+    n = counts.get("unknown", 0)
+    if not n:
+        return ""
+    return (f'<div class="missing">but {n} gate(s) could not be evaluated (unknown: a missing '
+            'reference, see <a href="#gates">Gates</a>); an unknown gate is never a pass</div>')
 
 
 def _rests_on(run: Run, gate_counts: dict[str, int]) -> str:
@@ -171,7 +182,7 @@ def render_html(run: Run, history: Sequence[Run] = (), run_dir: Path | None = No
     body = [
         f"<h1>Qualification report: {escape(name)} <small>run {escape(run.run_id)}</small></h1>",
         f'<div class="verdict v-{word.replace(" ", "-")}" id="verdict">Verdict: {escape(word)}'
-        f" <small>— {escape(why)}</small></div>",
+        f" <small>— {escape(why)}</small>{_unknown_warning(counts)}</div>",
         "<h3>What it rests on</h3>" + _rests_on(run, counts),
         f"<nav>{nav}</nav>",
         k.section("Cells × stages", _grid(run, run_dir), ident="cells"),

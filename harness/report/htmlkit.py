@@ -20,7 +20,8 @@ color:#1b1f24}
 h1{font-size:22px;margin:8px 0}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
 h3{font-size:15px;margin:16px 0 6px}
 table{border-collapse:collapse;margin:6px 0;font-size:13px}
-th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top}
+th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}table{max-width:100%}
 th{background:#f3f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .verdict{font-size:20px;font-weight:700;padding:10px 14px;border-radius:6px;margin:10px 0}
 .v-QUALIFIED{background:#dafbe1;color:#116329}.v-NOT-QUALIFIED{background:#ffebe9;color:#a40e26}

@@ -123,7 +123,7 @@ def line_chart(chart: Chart) -> str:
                        f" → {_fmt(y)}</title></circle>")
     out.append(_axes(chart.x_label, chart.y_label, w, h))
     out.append("</svg>")
-    return _figure(chart.title, "".join(out), [s.name for s in series])
+    return _figure(chart.title, "".join(out), [s.name for s in series], w)
 
 
 def _x_ticks(chart: Chart, xs: list[float], width: int) -> list[tuple[float, str]]:
@@ -171,7 +171,7 @@ def histogram(title: str, values: Sequence[float], x_label: str, bins: int = 24)
     out.append(f'<text x="{LEFT - 6}" y="{TOP + 4}" text-anchor="end">{top}</text>')
     out.append(_axes(x_label, "requests", HW, HH))
     out.append("</svg>")
-    return _figure(title, "".join(out), [f"{len(vals)} requests"])
+    return _figure(title, "".join(out), [f"{len(vals)} requests"], HW)
 
 
 def empty(title: str, why: str) -> str:
@@ -195,10 +195,11 @@ def _axes(x_label: str, y_label: str, w: int = W, h: int = H) -> str:
             f'class="label">{escape(y_label)}</text>')
 
 
-def _figure(title: str, svg: str, legend: list[str]) -> str:
+def _figure(title: str, svg: str, legend: list[str], width: int = W) -> str:
     items = "".join(
         f'<span><i style="background:{PALETTE[i % len(PALETTE)]}"></i>{escape(n)}</span>'
         for i, n in enumerate(legend)
     )
-    return (f'<figure class="chart"><figcaption>{escape(title)}</figcaption>{svg}'
+    return (f'<figure class="chart" style="max-width:{width}px">'
+            f"<figcaption>{escape(title)}</figcaption>{svg}"
             f'<div class="legend">{items}</div></figure>')

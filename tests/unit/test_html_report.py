@@ -135,3 +135,16 @@ def test_hint_comes_from_the_record_or_the_message():
     r = StageResult("c", "serving", "failed", message="c [serving]: died\n  hint: do this")
     assert facts.hint_of(r) == "do this" and facts.reason_of(r) == "c [serving]: died"
     assert json.dumps(facts.hint_of(StageResult("c", "s", "failed"))) == '""'
+
+
+def test_an_unevaluated_bf16_comparison_is_flagged_beside_the_verdict(tmp_path):
+    # today's records: an FP8 cell without a BF16 twin records the comparison as passed
+    gate = {"metric": "accuracy.exact_match_strict", "value": 0.82, "passed": True,
+            "bound": "vs bf16", "message": "m/cpu/tp2/fp8-kv-fp8: no BF16 cell to compare"}
+    result = StageResult("m/cpu/tp2/fp8-kv-fp8", "accuracy", "passed", gates=[gate])
+    page = render_html(Run("r1", {"matrix_stages": 1}, [result]), [], tmp_path)
+    verdict_box = page[page.index('id="verdict"'):page.index("</div></div>")]
+    assert "Verdict: QUALIFIED" in verdict_box
+    assert "but 1 gate(s) could not be evaluated" in verdict_box
+    gates = page[page.index('id="gates"'):]
+    assert '<td class="unknown">' in gates and "no BF16 cell to compare" in gates
