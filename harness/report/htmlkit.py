@@ -21,11 +21,11 @@ h1{font-size:22px;margin:8px 0}h2{font-size:18px;margin:28px 0 8px;border-bottom
 h3{font-size:15px;margin:16px 0 6px}
 table{border-collapse:collapse;margin:6px 0;font-size:13px}
 th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top;
-overflow-wrap:anywhere}table{max-width:100%}
+overflow-wrap:break-word}
 th{background:#f3f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .verdict{font-size:20px;font-weight:700;padding:10px 14px;border-radius:6px;margin:10px 0}
 .v-QUALIFIED{background:#dafbe1;color:#116329}.v-NOT-QUALIFIED{background:#ffebe9;color:#a40e26}
-.v-INCOMPLETE{background:#fff8c5;color:#7d4e00}
+.v-INCOMPLETE{background:#fff8c5;color:#7d4e00}.verdict div{font-size:14px;margin-top:4px}
 td.passed,span.passed{background:#dafbe1}td.failed,span.failed{background:#ffebe9}
 td.skipped,span.skipped{background:#f6f8fa;color:#57606a}td.unknown,span.unknown{background:#fff8c5}
 td.absent{color:#8c959f}

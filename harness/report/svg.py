@@ -17,7 +17,7 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
            "#17becf", "#7f7f7f", "#bcbd22")
 W, H = 580, 280
 HW, HH = 380, 200  # histograms: small, side by side
-LEFT, RIGHT, TOP, BOTTOM = 64, 16, 16, 56
+LEFT, RIGHT, TOP, BOTTOM = 64, 36, 16, 56
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ def line_chart(chart: Chart) -> str:
     series = [s for s in series if s.points]
     if not series:
         return empty(chart.title, "no data points")
-    xs = [x for s in series for x, _ in s.points] + [x for x, _ in chart.markers]
+    # the axis spans every labelled x (all runs of a trend), not only this series' points
+    xs = [x for s in series for x, _ in s.points] + [x for x, _ in chart.markers] + [
+        x for x in chart.x_tick_labels if not chart.log_x or x > 0]
     ys = [y for s in series for _, y in s.points] + [y for y, _ in chart.ref_lines]
     fx = math.log2 if chart.log_x else float
     x0, x1 = fx(min(xs)), fx(max(xs))
