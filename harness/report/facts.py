@@ -189,13 +189,18 @@ def _requests(concurrency: int, data: Mapping[str, Any]) -> PerRequest | None:
     ttft = [float(t) * 1000 for t in ttfts if isinstance(t, int | float) and t > 0]
     tpot: list[float] = []
     e2el: list[float] = []
+    itls = data.get("itls")
     if isinstance(lats, list) and isinstance(outs, list):
         for t, lat, n in zip(ttfts, lats, outs, strict=False):
             if not all(isinstance(v, int | float) for v in (t, lat, n)) or lat <= 0:
                 continue
             e2el.append(float(lat) * 1000)
-            if n > 1:
+            if n > 1:  # vLLM's definition: the time after the first token per further token
                 tpot.append((float(lat) - float(t)) / (n - 1) * 1000)
+    elif isinstance(itls, list) and isinstance(outs, list):  # the fork's benchmark_serving.py
+        for gaps, n in zip(itls, outs, strict=False):
+            if isinstance(gaps, list) and isinstance(n, int) and n > 1 and gaps:
+                tpot.append(sum(float(g) for g in gaps) / (n - 1) * 1000)
     return PerRequest(concurrency, ttft, tpot, e2el, errors)
 
 

@@ -148,3 +148,14 @@ def test_an_unevaluated_bf16_comparison_is_flagged_beside_the_verdict(tmp_path):
     assert "but 1 gate(s) could not be evaluated" in verdict_box
     gates = page[page.index('id="gates"'):]
     assert '<td class="unknown">' in gates and "no BF16 cell to compare" in gates
+
+
+def test_per_request_tpot_from_the_forks_inter_token_gaps(tmp_path):
+    # HabanaAI vllm-fork benchmark_serving.py --save-detailed: ttfts and itls, no latencies
+    (tmp_path / "b.json").write_text(json.dumps({
+        "ttfts": [0.1, 0.2], "itls": [[0.01, 0.03], [0.02]], "output_lens": [3, 2]}))
+    result = StageResult("c", "throughput", "passed", artifacts={"bench@c4": "b.json"})
+    data = facts.per_request(tmp_path, result)[4]
+    assert data is not None
+    assert data.ttft_ms == [100.0, 200.0] and data.e2el_ms == []
+    assert [round(t, 6) for t in data.tpot_ms] == [20.0, 20.0]
