@@ -53,8 +53,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from harness.report.qualification import earlier_runs
         from harness.report.qualification import load_run
 
-        run = load_run(store, run_id)
-        print(write_html(run, earlier_runs(store, run), path.parent))
+        try:
+            run = load_run(store, run_id)
+            print(write_html(run, earlier_runs(store, run), path.parent))
+        except OSError as exc:
+            raise HarnessError(f"{path.parent}: cannot read or write the report ({exc})") from None
         return 0
     if args.qualification:
         from harness.report import qualification

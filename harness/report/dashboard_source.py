@@ -17,6 +17,7 @@ from typing import Any
 from typing import Protocol
 
 from harness.errors import HarnessError
+from harness.report.facts import sanitize
 from harness.report.qualification import Run
 from harness.report.qualification import load_run
 from harness.report.qualification import verdict
@@ -81,9 +82,13 @@ class RunDirSource:
             self._runs = []
             for run_id in self.store.runs():
                 try:
-                    self._runs.append(load_run(self.store, run_id))
+                    run = load_run(self.store, run_id)
                 except (OSError, TypeError, ValueError) as exc:
                     self.problems.append(f"{run_id}: unreadable results.jsonl ({exc})")
+                    continue
+                results, problems = sanitize(run.results)
+                self.problems += [f"{run_id}: {p}" for p in problems]
+                self._runs.append(Run(run.run_id, run.context, results))
         return self._runs
 
     def runs(self) -> list[RunSummary]:

@@ -25,6 +25,37 @@ GATE_KEYS = ("metric", "value", "bound", "passed", "status", "message")
 INTERVAL_KEYS = ("interval", "ci", "ci95", "confidence_interval")
 
 
+def sanitize(results: list[StageResult]) -> tuple[list[StageResult], list[str]]:
+    """Records fit to render, and one line per field that was not (a hand-edited or foreign
+    results.jsonl): a wrong field is emptied and named on the page, never a traceback."""
+    out, problems = [], []
+    for i, r in enumerate(results):
+        bad = [name for name, kind in (("cell", str), ("stage", str), ("status", str),
+                                       ("message", str), ("metrics", dict), ("gates", list),
+                                       ("artifacts", dict), ("duration_s", int | float))
+               if not isinstance(getattr(r, name), kind)]
+        gates = r.gates if isinstance(r.gates, list) else []
+        if any(not isinstance(g, dict) for g in gates):
+            bad.append("gates")
+        arts = r.artifacts if isinstance(r.artifacts, dict) else {}
+        if any(not isinstance(v, str) for v in arts.values()):
+            bad.append("artifacts")
+        if not bad:
+            out.append(r)
+            continue
+        problems.append(f"record {i + 1} ({r.cell!s} [{r.stage!s}]): malformed "
+                        f"{', '.join(dict.fromkeys(bad))}")
+        out.append(StageResult(
+            str(r.cell), str(r.stage), r.status if isinstance(r.status, str) else "failed",
+            r.message if isinstance(r.message, str) else str(r.message),
+            r.metrics if isinstance(r.metrics, dict) else {},
+            [g for g in gates if isinstance(g, dict)],
+            {k: v for k, v in arts.items() if isinstance(v, str)},
+            str(r.started), r.duration_s if isinstance(r.duration_s, int | float) else 0.0,
+        ))
+    return out, problems
+
+
 def stage_dir(cell: str, stage: str) -> str:
     """Where a stage's artifacts live, relative to the run directory (as RunStore lays out)."""
     return f"cells/{cell.replace('/', '__')}/{stage}"

@@ -171,6 +171,8 @@ def _context(run: Run) -> str:
 def render_html(run: Run, history: Sequence[Run] = (), run_dir: Path | None = None) -> str:
     """The whole page; `run_dir` is where artifacts are looked up (links are relative to it)."""
     run_dir = run_dir if run_dir is not None else Path(".")
+    results, problems = facts.sanitize(run.results)
+    run = Run(run.run_id, run.context if isinstance(run.context, dict) else {}, results)
     word, why = verdict(run)
     gates, counts = _gates(run)
     name = str(run.context.get("matrix_name", "?"))
@@ -184,6 +186,7 @@ def render_html(run: Run, history: Sequence[Run] = (), run_dir: Path | None = No
         f'<div class="verdict v-{word.replace(" ", "-")}" id="verdict">Verdict: {escape(word)}'
         f" <small>— {escape(why)}</small>{_unknown_warning(counts)}</div>",
         "<h3>What it rests on</h3>" + _rests_on(run, counts),
+        *(k.para(f"results.jsonl: {p}", "missing") for p in problems),
         f"<nav>{nav}</nav>",
         k.section("Cells × stages", _grid(run, run_dir), ident="cells"),
         k.section("Gates", gates, ident="gates-section"),

@@ -159,3 +159,14 @@ def test_per_request_tpot_from_the_forks_inter_token_gaps(tmp_path):
     assert data is not None
     assert data.ttft_ms == [100.0, 200.0] and data.e2el_ms == []
     assert [round(t, 6) for t in data.tpot_ms] == [20.0, 20.0]
+
+
+def test_a_malformed_record_is_named_on_the_page_not_a_traceback(run_dir):
+    with (run_dir / "results.jsonl").open("a") as fh:
+        fh.write(json.dumps({"kind": "stage", "cell": "x/cpu/tp1/bf16-kv-auto", "stage":
+                             "accuracy", "status": "passed", "metrics": "oops",
+                             "gates": ["not a dict"], "artifacts": {"log": 3}}) + "\n")
+    page = _page(run_dir)
+    assert "results.jsonl: record 21 (x/cpu/tp1/bf16-kv-auto [accuracy]): malformed metrics, " \
+           "gates, artifacts" in page
+    assert "Verdict: NOT QUALIFIED" in page
