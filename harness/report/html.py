@@ -164,6 +164,13 @@ def _details(run: Run, run_dir: Path) -> str:
     return "".join(out)
 
 
+def _siblings(run_dir: Path) -> str:
+    """Links to the run's other records beside this page (those that exist)."""
+    names = [n for n in ("report.md", "summary.md", "results.jsonl", "compare.md", "trend.png")
+             if (run_dir / n).is_file()]
+    return f"<p>files: {' · '.join(k.link(n, n) for n in names)}</p>" if names else ""
+
+
 def _context(run: Run) -> str:
     return k.table(["", ""], [[escape(a), escape(str(b))] for a, b in context_rows(run)])
 
@@ -188,6 +195,7 @@ def render_html(run: Run, history: Sequence[Run] = (), run_dir: Path | None = No
         "<h3>What it rests on</h3>" + _rests_on(run, counts),
         *(k.para(f"results.jsonl: {p}", "missing") for p in problems),
         f"<nav>{nav}</nav>",
+        _siblings(run_dir),
         k.section("Cells × stages", _grid(run, run_dir), ident="cells"),
         k.section("Gates", gates, ident="gates-section"),
         k.section("FP8 beside BF16", figs.fp8_vs_bf16(run), ident="fp8"),
