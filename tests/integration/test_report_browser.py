@@ -78,6 +78,14 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_html(run, earlier_runs(store, run), root / run_id)
 
 
+def step_detector(values: list[float]) -> list[int]:
+    """A stand-in for the history package's detector: the largest mean shift, if over 5%."""
+    def shift(i: int) -> float:
+        return abs(sum(values[i:]) / (len(values) - i) - sum(values[:i]) / i)
+    best = max(range(1, len(values)), key=shift)
+    return [best] if shift(best) > 0.05 * abs(sum(values) / len(values)) else []
+
+
 def _check(browser: Browser, page: Path, shot: Path) -> dict[str, Any]:
     """Open the page, assert it is clean, offline, fully drawn and linked; screenshot it."""
     visit = browser.open(page)
@@ -123,9 +131,10 @@ def test_a_failed_server_shows_hint_and_log_tail(browser, tmp_path, artifacts):
 def test_the_dashboard_of_a_history(browser, tmp_path, artifacts):
     root = tmp_path / "reports"
     synthetic.write_history(root, 8, 4, step_at=5)
-    index = build_dashboard(RunDirSource(root), tmp_path / "site")
+    index = build_dashboard(RunDirSource(root), tmp_path / "site", change_points=step_detector)
     _check(browser, tmp_path / "site" / "matrix-synthetic.html", artifacts / "dashboard.png")
     total = browser.evaluate("document.querySelectorAll('.trend').length")
+    assert browser.evaluate("document.querySelectorAll('.trend line.marker').length") > 0
     browser.evaluate("var c = document.getElementById('cell-glob'); c.value = '*/tp2/fp8-*';"
                      "c.dispatchEvent(new Event('input'))")
     shown = browser.evaluate("[...document.querySelectorAll('.trend')]"
