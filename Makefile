@@ -30,6 +30,7 @@ chromium:
 
 test: install
 	$(PY) -m ruff check harness suites tests benchmarks conftest.py
+	$(PY) -m mypy
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests $(PYTEST_ARGS)
 
 unit: install

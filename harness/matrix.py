@@ -21,6 +21,9 @@ from harness.cell import Cell
 from harness.cell import ModelFacts
 from harness.cell import Stage
 from harness.cell import format_cell_id
+from harness.devices import DEVICES
+from harness.devices import backend_for
+from harness.devices import nodes_for
 from harness.errors import MatrixError
 from harness.gates import GateSpec
 from harness.gates import merge_gates
@@ -31,26 +34,6 @@ from harness.matrix_files import unknown_name as _unknown
 from harness.matrix_files import validation_message as _validation_message
 from harness.settings import BackendOptions
 from harness.settings import StageSettings
-
-
-class DeviceFacts(BaseModel):
-    """What a device generation allows: cards per node and the KV-cache dtypes its vLLM accepts."""
-
-    cards_per_node: int
-    kv_cache_dtypes: tuple[str, ...]
-    backend: str
-
-
-DEVICES: dict[str, DeviceFacts] = {
-    "g2": DeviceFacts(cards_per_node=8, kv_cache_dtypes=("auto", "fp8_inc"), backend="gaudi"),
-    "g3": DeviceFacts(cards_per_node=8, kv_cache_dtypes=("auto", "fp8_inc"), backend="gaudi"),
-    # A cpu "card" is one rank process; whether this host has the cores is the backend's check.
-    "cpu": DeviceFacts(
-        cards_per_node=8,
-        kv_cache_dtypes=("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
-        backend="cpu",
-    ),
-}
 
 
 class _Strict(BaseModel):
@@ -145,7 +128,7 @@ class Matrix:
         if self.spec.backend:
             return self.spec.backend
         devices = {c.device for c in self.cells} or {"cpu"}
-        return "gaudi" if devices & {"g2", "g3"} else "cpu"
+        return backend_for(devices)
 
 
 def load_matrix(name_or_path: str | Path, search_dir: Path = MATRICES_DIR) -> Matrix:
@@ -201,7 +184,9 @@ def expand(spec: MatrixSpec, path: Path) -> list[Cell]:
     points = [p for p in _points(spec, path) if not any(_matches(p, r) for r in spec.exclude)]
     for rule in spec.include:
         points.append({**AXIS_DEFAULTS, **rule})
-    resolved: dict[tuple[int, ...], tuple[StageSettings, dict, dict]] = {}
+    resolved: dict[
+        tuple[int, ...], tuple[StageSettings, dict[str, GateSpec], dict[str, Any]]
+    ] = {}
     _check_gate_keys(spec.gates, path, "gates")
     for i, ov in enumerate(spec.overrides):
         _check_gate_keys(ov.gates, path, f"overrides[{i}].gates")
@@ -331,7 +316,7 @@ def invalid_reason(cell: Cell) -> str | None:
     if cell.tp > device.cards_per_node and cell.nodes == 1:
         return (
             f"TP={cell.tp} exceeds the {device.cards_per_node} cards of one {cell.device} node; "
-            f"set nodes: {-(-cell.tp // device.cards_per_node)} or lower tp"
+            f"set nodes: {nodes_for(cell.tp, device.cards_per_node)} or lower tp"
         )
     cards = device.cards_per_node * cell.nodes
     if cell.world_size > cards:

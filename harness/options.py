@@ -138,8 +138,8 @@ class RunOptions:
                 value = config.getini(ini) or None
             return value if value is not None else default
 
-        results = Path(pick("harness_results_dir", "harness_results_dir", "reports"))
-        cache = Path(pick("harness_cache", "harness_cache", ".cache/harness"))
+        results = Path(pick("harness_results_dir", "harness_results_dir", "reports") or "reports")
+        cache = Path(pick("harness_cache", "harness_cache", ".cache/harness") or ".cache/harness")
         return cls(
             matrix=pick("harness_matrix", "harness_matrix", "smoke-cpu") or "smoke-cpu",
             backend=pick("harness_backend", "harness_backend", None),

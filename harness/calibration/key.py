@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import fileio
 from harness.errors import HarnessError
 
 # bump when the layout or the meaning of the files changes: old cache entries are then ignored
@@ -118,14 +118,10 @@ def locked(path: Path, timeout_s: float) -> Iterator[None]:
 def read_done(entry: Path) -> dict[str, Any] | None:
     """The completion record of a cache entry, or None if it is absent or unreadable."""
     try:
-        return json.loads((entry / DONE).read_text(encoding="utf-8"))
+        done: dict[str, Any] = json.loads((entry / DONE).read_text(encoding="utf-8"))
+        return done
     except (OSError, ValueError):
         return None
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (tmp + rename), so a crash never leaves half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+write_json = fileio.write_json  # the key's files are written atomically

@@ -79,6 +79,13 @@ def verdict(run: Run) -> tuple[str, str]:
         return "INCOMPLETE", (
             f"{counts['skipped']} of {total} stage(s) skipped: a skipped stage qualifies nothing"
         )
+    unknown = unknown_gates(run)
+    if unknown:
+        first = unknown[0]
+        return "INCOMPLETE", (
+            f"{len(unknown)} gate(s) could not be evaluated (an unknown gate qualifies nothing): "
+            f"{first[0]} {first[1]}: {first[2]}"
+        )
     expected = int(run.context.get("matrix_stages") or 0)  # absent in records before 2026-12
     if total < expected:
         how = " ".join(run.context.get("selection") or ()) or "the run ended early"
@@ -87,6 +94,16 @@ def verdict(run: Run) -> tuple[str, str]:
             "part of the matrix qualifies only that part"
         )
     return "QUALIFIED", f"all {total} stages of {cells} cell(s) passed their gates"
+
+
+def unknown_gates(run: Run) -> list[tuple[str, str, str]]:
+    """(cell, metric, what reference was missing and how to provide it) of every UNKNOWN gate."""
+    return [
+        (r.cell, str(g.get("metric")), str(g.get("missing") or g.get("message") or ""))
+        for r in run.results
+        for g in r.gates
+        if g.get("status") == "unknown"
+    ]
 
 
 def _emulation(run: Run) -> dict[str, Mapping[str, Any]]:
@@ -154,7 +171,9 @@ def _gate_lines(run: Run) -> list[str]:
     lines = ["| cell | metric | value | bound | result |", "|---|---|---|---|---|"]
     for r in run.results:
         for g in r.gates:
-            if g.get("bound") == "vs bf16":  # nothing was compared
+            if g.get("status") == "unknown":
+                result = f"**UNKNOWN**: {g.get('missing') or 'reference missing'}"
+            elif g.get("bound") == "vs bf16":  # records before 2026-12: nothing was compared
                 result = "n/a (the baseline)" if "/bf16-" in r.cell else "n/a (no BF16 cell ran)"
             else:
                 result = "pass" if g.get("passed") else "**FAIL**"

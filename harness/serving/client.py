@@ -7,7 +7,6 @@ last log lines instead of the client's connection errors.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Protocol
 
@@ -15,7 +14,7 @@ from harness.process import Command
 from harness.process import CommandFailed
 from harness.process import ManagedProcess
 from harness.process import tail
-from harness.serving.server import stop_group
+from harness.process import wait_for
 
 
 class Watched(Protocol):
@@ -31,17 +30,12 @@ def run_client(
     log_path.write_text(f"$ {command.shell()}\n", encoding="utf-8")
     proc = ManagedProcess(command, log_path)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            code = proc.poll()
-            if code is not None:
-                break
-            server.check_alive()
-            if time.monotonic() > deadline:
-                raise CommandFailed(command, f"timed out after {timeout_s:g} s", tail(log_path))
-            time.sleep(poll_s)
+        waited = wait_for([proc], timeout_s, poll_s, check=server.check_alive)
+        if waited.timed_out is not None:
+            raise CommandFailed(command, f"timed out after {timeout_s:g} s", tail(log_path))
+        code = proc.poll()
     finally:
-        stop_group(proc, grace_s=5.0)
+        proc.stop(grace_s=5.0)
     if code != 0:
         server.check_alive()  # a client failing because the server died: report the server
         raise CommandFailed(command, f"exited with status {code}", tail(log_path))

@@ -48,7 +48,8 @@ def post_json(url: str, payload: dict[str, Any], timeout_s: float) -> dict[str, 
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (loopback)
-            return json.loads(resp.read().decode("utf-8"))
+            reply: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
+            return reply
     except urllib.error.HTTPError as exc:
         body = exc.read().decode("utf-8", "replace")[:500]
         raise OSError(f"HTTP {exc.code} from {url}: {body}") from None

@@ -11,8 +11,6 @@ tail and a hint instead of waiting for a timeout.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -31,29 +29,6 @@ from harness.serving.http import post_json
 from harness.serving.logwatch import FAILURE_PATTERNS
 from harness.serving.logwatch import FailurePattern
 from harness.serving.logwatch import LogWatch
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def stop_group(proc: ManagedProcess, grace_s: float) -> None:
-    """SIGTERM the group, reaping the leader while waiting (an unreaped leader would keep the
-    group 'alive' for the whole grace), then let ManagedProcess SIGKILL what is left."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        proc.poll()
-        if not _group_alive(proc.pgid):
-            break
-        time.sleep(0.1)
-    proc.stop(grace_s=1.0)
-
 
 SMOKE_PROMPT = "Question: Mia has 3 apples and gets 4 more. How many apples does she have?"
 
@@ -203,7 +178,7 @@ class Server:
 
     def stop(self, grace_s: float = 10.0) -> None:
         if self.process is not None:
-            stop_group(self.process, grace_s)
+            self.process.stop(grace_s)
 
 
 @contextlib.contextmanager

@@ -37,10 +37,12 @@ settings:
 SUITE = """
 import pytest
 
+from harness.stages import preflight
+
 pytestmark = pytest.mark.preflight
 
 def test_preflight(cell, stage):
-    stage.run()
+    stage.run(preflight.run)
 """
 
 # A user-written stage test: the plugin orders, records and blocks it like the shipped suites.
@@ -139,13 +141,15 @@ def test_a_stage_marker_on_the_function_orders_it_like_a_module_marker(pytester)
         test_mixed="""
 import pytest
 
+from harness.stages import preflight
+
 @pytest.mark.collectives
 def test_collectives(cell, stage):
     stage.recorder.metric("probe", 1)
 
 @pytest.mark.preflight
 def test_preflight(cell, stage):
-    stage.run()
+    stage.run(preflight.run)
 """
     )
     result = run(pytester, "-v", "--cells", "alpha/*")

@@ -43,7 +43,7 @@ def parse_nic_status(output: str) -> tuple[int, int]:
     return up, down
 
 
-def command_output(facts: dict[str, Any], name: str) -> tuple[int | None, str]:
+def command_output(facts: Mapping[str, Any], name: str) -> tuple[int | None, str]:
     got = facts.get("commands", {}).get(name, {})
     return got.get("rc"), got.get("out", "")
 

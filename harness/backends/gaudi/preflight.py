@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from harness import cluster
 from harness.backends.base import Check
 from harness.backends.base import CheckStatus
+from harness.backends.common import BackendCore
 from harness.backends.gaudi.discovery import CARDS_PER_NODE
 from harness.backends.gaudi.discovery import generation_of
 from harness.backends.gaudi.node_checks import GEN_DIR
@@ -77,10 +79,10 @@ def firmware_versions(output: str) -> list[str]:
     return sorted(set(_VERSION.findall(output)))
 
 
-class GaudiPreflight:
+class GaudiPreflight(BackendCore):
     """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
 
-    stack_packages = PACKAGES
+    stack_packages: tuple[str, ...] = PACKAGES
     ray_hint = cluster.RAY_START_HINT
     starts_local_ray = False  # the seeds' cluster is started by hand; the harness connects
     per_node_env = PER_NODE_ENV
@@ -140,7 +142,7 @@ class GaudiPreflight:
             cmds += cluster.start_commands(nodes, head, port)
         return cmds
 
-    def device_facts(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def device_facts(self, facts: Mapping[str, Any]) -> dict[str, Any]:
         """Driver and firmware versions join python, packages and env in the comparison."""
         devices = parse_devices(command_output(facts, "devices")[1])
         return {
@@ -180,7 +182,7 @@ class GaudiPreflight:
         problems, seen = [], {}
         for node, facts in per_node(nodes):
             if node == "local":
-                inv = self.inventory()  # type: ignore[attr-defined]
+                inv = self.inventory()
                 if not inv.available:
                     problems.append(f"{node}: {inv.missing_reason}")
                     continue
