@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
+from harness.fileio import write_atomic
 from harness.report import htmlkit as k
 from harness.report import svg
 from harness.report.dashboard_source import ChangePoints
@@ -22,7 +23,6 @@ from harness.report.dashboard_source import HistorySource
 from harness.report.dashboard_source import Point
 from harness.report.dashboard_source import RunSummary
 from harness.report.dashboard_source import SeriesKey
-from harness.results import write_atomic
 
 DEFAULT_METRICS = (
     "accuracy.exact_match_strict", "accuracy.exact_match_flexible",

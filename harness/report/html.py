@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 
 from harness.cell import STAGE_NAMES
+from harness.fileio import write_atomic
 from harness.report import facts
 from harness.report import html_figures as figs
 from harness.report import htmlkit as k
@@ -22,7 +23,6 @@ from harness.report.qualification import Run
 from harness.report.qualification import context_rows
 from harness.report.qualification import verdict
 from harness.results import StageResult
-from harness.results import write_atomic
 
 REPORT_HTML = "report.html"
 ATTENTION = {"failed": 0, "unknown": 1}  # gates listed first; the rest keep their order

@@ -13,9 +13,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+from harness.fileio import write_atomic
 from harness.results import RunStore
 from harness.results import StageResult
-from harness.results import write_atomic
 
 FAILED_LOG = "RuntimeError: Engine core initialization failed. See root cause above."
 FAILED_HINT = "set VLLM_CPU_KVCACHE_SPACE or --kv-cache-memory-bytes (never empty)"
