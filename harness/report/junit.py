@@ -53,7 +53,8 @@ def failure_message(result: StageResult, run_dir: Path, lines: int = LOG_LINES) 
 def junit_case(result: StageResult, run_dir: Path, base_url: str | None = None) -> JunitCase:
     """Message and properties of one stage's test case; `base_url` is where CI publishes the
     run directory (e.g. Jenkins' `${BUILD_URL}artifact/reports/<run>`), else local paths."""
-    props = [("cell", result.cell), ("stage", result.stage), ("status", result.status)]
+    # the plugin already puts ("cell", id) and the metrics on the case: not repeated here
+    props = [("stage", result.stage), ("status", result.status)]
     props += [(f"report.{name}", _where(name, run_dir, base_url)) for name in REPORTS]
     hint = facts.hint_of(result)
     if hint:
