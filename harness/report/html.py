@@ -172,7 +172,7 @@ def _siblings(run_dir: Path) -> str:
 
 
 def _context(run: Run) -> str:
-    return k.table(["", ""], [[escape(a), escape(str(b))] for a, b in context_rows(run)])
+    return k.table(["", "value"], [[escape(a), escape(str(b))] for a, b in context_rows(run)])
 
 
 def render_html(run: Run, history: Sequence[Run] = (), run_dir: Path | None = None) -> str:
