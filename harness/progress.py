@@ -171,8 +171,8 @@ def installed(progress: Progress | None) -> Iterator[Progress | None]:
 
 
 class ProgressPlugin:
-    """Binds the module functions to this run's terminal reporter (none on xdist workers:
-    their terminal is not shown, so progress there is a no-op)."""
+    """Binds the module functions to this run's terminal reporter. On an xdist worker it
+    binds nothing (its stdout goes nowhere the user sees), so progress there is a no-op."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -181,7 +181,7 @@ class ProgressPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is None:
+        if reporter is None or hasattr(self.config, "workerinput"):
             return
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         self._ctx = installed(Progress(reporter, capture))
