@@ -62,6 +62,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     path = store.root / run_id / "results.jsonl"
     if not path.is_file():
         raise HarnessError(f"{path}: no such run; runs: {', '.join(store.runs()) or 'none'}")
+    if args.html:
+        from harness.report.html import write_html
+        from harness.report.qualification import earlier_runs
+        from harness.report.qualification import load_run
+
+        try:
+            run = load_run(store, run_id)
+            print(write_html(run, earlier_runs(store, run), path.parent))
+        except OSError as exc:
+            raise HarnessError(f"{path.parent}: cannot read or write the report ({exc})") from None
+        return 0
     if args.qualification:
         from harness.report import qualification
 
@@ -71,6 +82,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return 0
     context = next((r for r in read_records(path) if r.get("kind") == "run"), {})
     print(render_summary(store.load(run_id), str(context.get("matrix_name", "?")), run_id), end="")
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from harness.report.dashboard import DEFAULT_METRICS
+    from harness.report.dashboard import build_dashboard
+    from harness.report.dashboard_source import default_change_points
+    from harness.report.dashboard_source import open_source
+
+    source = open_source(args.db, Path(args.results_dir))
+    metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
+    index = build_dashboard(source, Path(args.output), args.cells, metrics,
+                            default_change_points())
+    print(index)
     return 0
 
 
@@ -150,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sign-off report instead: verdict, run context, every gate, FP8 against BF16, "
         "emulations, trend over earlier runs (rewrites report.md and trend.png of the run)",
     )
+    report.add_argument(
+        "--html",
+        action="store_true",
+        help="write the run's report.html (self-contained, opens offline) and print its path",
+    )
     report.set_defaults(func=_cmd_report)
 
     comp = sub.add_parser(
@@ -162,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-fail", type=parse_compare_check, action="append", default=[], metavar="SPEC"
     )
     comp.set_defaults(func=_cmd_compare)
+
+    dash = sub.add_parser(
+        "dashboard", help="Write a static history site (runs by matrix, trends) to a directory"
+    )
+    dash.add_argument("-o", "--output", required=True, metavar="DIR")
+    dash.add_argument("--results-dir", default="reports", metavar="DIR")
+    dash.add_argument("--db", metavar="URL", help="read the history database instead")
+    dash.add_argument("--cells", default="*", metavar="GLOB")
+    dash.add_argument("--metrics", metavar="GLOBS", help="stage.metric globs, comma-separated")
+    dash.set_defaults(func=_cmd_dashboard)
 
     runs = sub.add_parser("runs", help="List stored runs, oldest first")
     runs.add_argument("--results-dir", default="reports", metavar="DIR")

@@ -123,7 +123,8 @@ def _emulation(run: Run) -> dict[str, Mapping[str, Any]]:
     return out
 
 
-def _context_lines(run: Run) -> list[str]:
+def context_rows(run: Run) -> list[tuple[str, str]]:
+    """The run's context as (name, value) rows: what ran, where, with which stack."""
     c = run.context
     stage_s = sum(r.duration_s for r in run.results)
     rows = [
@@ -148,7 +149,11 @@ def _context_lines(run: Run) -> list[str]:
     ]
     for name, version in sorted((c.get("versions") or {}).items()):
         rows.append((name, version or "not installed"))
-    return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    return rows
+
+
+def _context_lines(run: Run) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in context_rows(run))]
 
 
 def _wall(run: Run) -> str:
