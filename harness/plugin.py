@@ -23,6 +23,7 @@ from harness.matrix import load_matrix
 from harness.options import RunOptions
 from harness.options import add_harness_options
 from harness.options import check_selection
+from harness.progress import ProgressPlugin
 from harness.session import PLUGIN_NAME
 from harness.session import RECORDER_KEY
 from harness.session import HarnessSession
@@ -75,6 +76,7 @@ def pytest_configure(config: pytest.Config) -> None:
             print(f"harness: stopped a crashed run's leftover: {left.describe()}", file=sys.stderr)
     process_registry.activate(run_id=session.store.run_id)
     config.pluginmanager.register(session, PLUGIN_NAME)
+    config.pluginmanager.register(ProgressPlugin(config), "harness-progress")
     stop_on_sigterm()
     session.signals.install()  # after stop_on_sigterm: it notes the signal, then that acts
 

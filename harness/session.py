@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import gc
+import os
 import platform
 import signal
 import subprocess
@@ -36,6 +37,7 @@ from harness.process import kill_all_groups
 from harness.recording import one_line
 from harness.recording import stage_result
 from harness.references import RunReferences
+from harness.report.junit import junit_case
 from harness.report.run_end import finish_run
 from harness.report.run_end import load_baseline
 from harness.results import RunStore
@@ -326,6 +328,10 @@ class HarnessSession:
         item.user_properties.append(("cell", cell.id))
         for name, value in result.metrics.items():
             item.user_properties.append((f"{stage.value}.{name}", value))
+        case = junit_case(result, self.store.dir, os.environ.get("HARNESS_REPORT_URL"))
+        item.user_properties.extend(case.properties)
+        if case.message:  # the failure CI shows: reason, fix and the log's last lines
+            report.longrepr = case.message
         return report
 
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:

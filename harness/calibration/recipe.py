@@ -16,6 +16,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from harness import progress
 from harness.calibration.layout import OutputLayout
 from harness.devices import ranks
 from harness.process import Command
@@ -140,6 +141,7 @@ def _log_name(step: str, i: int) -> str:
 def run_step(step: Step, logs: Path, timeout_s: float) -> list[str]:
     """Run a step's commands; on any failure stop the rest (by process group) and raise."""
     logs.mkdir(parents=True, exist_ok=True)
+    progress.phase(f"calibration: {step.name}, {len(step.commands)} process(es) (logs: {logs})")
     outputs = []
     if step.parallel:
         procs = [ManagedProcess(c, logs / _log_name(step.name, i))

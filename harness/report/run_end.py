@@ -54,9 +54,12 @@ def write_qualification(results_dir: Path, run_id: str, directory: Path) -> None
         run = qualification.load_run(store, run_id)
         history = qualification.earlier_runs(store, run)
         qualification.write_report(run, history, directory)
+        from harness.report.html import write_html
+
+        write_html(run, history, directory)
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         print(
-            f"harness: report.md not written ({type(exc).__name__}: {exc}); "
+            f"harness: report.md/report.html not written ({type(exc).__name__}: {exc}); "
             f"summary.md and results.jsonl are complete",
             file=sys.stderr,
         )

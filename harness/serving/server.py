@@ -19,6 +19,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from harness import progress
 from harness.errors import HarnessError
 from harness.process import Command
 from harness.process import ManagedProcess
@@ -119,8 +120,13 @@ class Server:
         """Block until ready; return seconds since start. Fails early on exit/fatal lines."""
         deadline = self.started_at + self.spec.ready_timeout_s
         health = self.base_url + self.spec.health_path
+        progress.phase(f"serving {self.spec.served_name}: starting (log: {self.log_path})")
         while True:
             self.check_alive()
+            progress.update(
+                f"serving {self.spec.served_name}: waiting for {self.spec.health_path}, "
+                f"{time.monotonic() - self.started_at:.0f} s (log: {self.log_path})"
+            )
             if get_status(health) == 200:
                 self.watch.poll()
                 if not self.watch.missing_marks:

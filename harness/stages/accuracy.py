@@ -34,7 +34,8 @@ def run(ctx: StageContext, server: ServerHandle) -> None:
             rec.artifact("task", task.include_path)
         log = ctx.workdir / "lm_eval.log"
         rec.artifact("lm_eval_log", log)
-        run_client(command, log, settings.timeout_s, server)
+        run_client(command, log, settings.timeout_s, server, label=f"accuracy {cell.id}",
+                   unit="problems")
         rec.artifact("lm_eval_output", ctx.workdir / LM_EVAL_OUTPUT)
         result = parse_results(latest_results_file(ctx.workdir / LM_EVAL_OUTPUT), task.name)
     except (ServerFailed, CommandFailed) as exc:

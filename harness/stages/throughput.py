@@ -30,7 +30,8 @@ def run(ctx: StageContext, server: ServerHandle) -> None:
         rec.artifact(f"bench_log@c{concurrency}", log)
         result_path = ctx.workdir / bench_result_name(concurrency)
         try:
-            run_client(command, log, settings.timeout_s, server)
+            run_client(command, log, settings.timeout_s, server,
+                       label=f"throughput {cell.id} c={concurrency}")
             data = load_result(result_path)
             metrics = parse_result(data, concurrency, str(result_path))
         except HarnessError as exc:
