@@ -133,6 +133,9 @@ class BackendOptions(_Strict):
     head_ip: str | None = None  # the head node's IP for multi-node commands
     vllm_fork_dir: str | None = None  # gaudi: the vllm-fork checkout (its scripts/quant_configs)
     quant_configs_dir: str | None = None  # gaudi: INC quant configs, if not under vllm_fork_dir
+    # gaudi: the serving stack whose flags, env and files the cell uses
+    # (harness/backends/gaudi/stacks.py); None: vllm-gaudi (upstream vLLM + the plugin)
+    stack: Literal["vllm-gaudi", "vllm-fork"] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Only the keys the matrix set, so that an override adds to the matrix's options."""

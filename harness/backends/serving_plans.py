@@ -50,7 +50,9 @@ class ServingPlans:
         if not port:
             note = cmd.description + "; a run picks a free port"
             cmd = dataclasses.replace(cmd, description=note)
-        return [*checks, cmd]
+        exports = getattr(self, "plan_ray_exports", None)
+        before = list(exports(cell, cmd)) if exports is not None else []
+        return [*before, *checks, cmd]
 
     def plan_accuracy(self, cell: Cell, workdir: Path) -> list[Command]:
         task = self.accuracy_task(cell, workdir, write=False)
