@@ -18,7 +18,11 @@ def render_plan(pairs: Iterable[tuple[Cell, Stage]], backend: Backend, run_dir: 
     for cell, stage in pairs:
         if cell is not current:
             current = cell
-            lines += ["", f"cell {cell.id}  [{backend.name} backend, {cell.world_size} rank(s)]"]
+            stack_of = getattr(backend, "stack_name", None)  # gaudi: the cell's serving stack
+            stack = f", stack {stack_of(cell)}" if stack_of is not None else ""
+            lines += [
+                "", f"cell {cell.id}  [{backend.name} backend{stack}, {cell.world_size} rank(s)]"
+            ]
             env = backend.cell_env(cell)
             if env:
                 lines.append("  env: " + " ".join(f"{k}={v}" for k, v in sorted(env.items())))

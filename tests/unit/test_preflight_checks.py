@@ -150,7 +150,7 @@ def test_missing_devices_and_the_wrong_generation_fail_on_that_node():
 def test_this_host_is_counted_with_discovery_when_no_ray_is_used():
     backend = GaudiBackend()
     backend._inventory = Inventory("g2", 8, "8 x HL-225 (pyhlml)")
-    cell = cell_of("nightly-g2", "deepseek-r1-0528/g2/tp8/fp8-kv-auto")
+    cell = cell_of("nightly-g2", "deepseek-r1-0528/g2/tp8-ep8/fp8-kv-auto")
     assert backend._devices(cell, {"local": node()}).status is CheckStatus.PASS
     backend._inventory = Inventory(None, 0, missing_reason="pyhlml could not initialise")
     check = backend._devices(cell, {"local": node()})
@@ -194,7 +194,7 @@ def test_one_node_has_nothing_to_disagree_about():
 
 
 def deepseek_on(path: str | None) -> Cell:
-    cell = cell_of("nightly-g2", "deepseek-r1-0528/g2/tp8/fp8-kv-auto")
+    cell = cell_of("nightly-g2", "deepseek-r1-0528/g2/tp8-ep8/fp8-kv-auto")
     model = dataclasses.replace(cell.model, path=path, hub_id="deepseek-ai/DeepSeek-R1-0528")
     return dataclasses.replace(cell, model=model)
 

@@ -8,6 +8,7 @@ from harness.backends.gaudi.calibration import GaudiCalibration
 from harness.backends.gaudi.collectives import GaudiCollectives
 from harness.backends.gaudi.discovery import discover
 from harness.backends.gaudi.preflight import GaudiPreflight
+from harness.backends.gaudi import stacks
 from harness.backends.gaudi.serving import GaudiServing
 from harness.cell import Cell
 from harness.cell import Stage
@@ -41,6 +42,10 @@ class GaudiBackend(GaudiPreflight, GaudiCollectives, GaudiCalibration, GaudiServ
                 "(scales are device-specific: run it on a matching node)"
             )
         return None
+
+    def stack_name(self, cell: Cell) -> str:
+        """The cell's serving stack (backend_options.stack), shown by --plan and the report."""
+        return stacks.profile(cell).name
 
     def cell_env(self, cell: Cell) -> dict[str, str]:
         env: dict[str, str] = {}

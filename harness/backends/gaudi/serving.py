@@ -224,7 +224,7 @@ class GaudiServing(ServingPlans):
         return Command(
             tuple(argv),
             self.serve_env(cell, calibration, workdir or Path(".")),
-            description=f"[stack {stack.name}] {stack.serve_prefix[-1]} on {where}, "
+            description=f"[stack {stack.name}] {stack.server_label} on {where}, "
             f"{cell.world_size} HPU" + ("s" if cell.world_size > 1 else "") + note,
             node=0 if cell.multi_node else None,
         )

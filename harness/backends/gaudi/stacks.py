@@ -40,6 +40,7 @@ class StackProfile:
     # the server entry point: `vllm serve MODEL` or the fork's api_server with --model
     serve_prefix: tuple[str, ...]
     model_flag: str | None
+    server_label: str
     weights_load_device: bool  # has --weights-load-device
     expert_parallel: Literal["flag", "env"]
     bench: Literal["vllm-bench", "benchmark_serving"]
@@ -56,6 +57,7 @@ VLLM_GAUDI = StackProfile(
     procedure="seeds 000/001/002: vllm serve + vllm-gaudi calibration/",
     serve_prefix=("vllm", "serve"),
     model_flag=None,
+    server_label="vllm serve",
     # vllm 0.32 engine/arg_utils.py has no --weights-load-device; vllm-gaudi
     # vllm_gaudi/platform.py:265-273@091bbad loads INC weights to CPU itself
     weights_load_device=False,
@@ -79,6 +81,7 @@ VLLM_FORK = StackProfile(
     # scripts/quickstart/start_vllm.sh:198-200@016b6bd
     serve_prefix=("python3", "-m", "vllm.entrypoints.openai.api_server"),
     model_flag="--model",
+    server_label="the fork's OpenAI api_server",
     weights_load_device=True,  # vllm/engine/arg_utils.py:338@016b6bd
     # vllm/engine/arg_utils.py:446-450@016b6bd: --enable-expert-parallel takes a value and
     # defaults to True; the EP size is VLLM_EP_SIZE (start_vllm.sh:123, set_head_node.sh:60,
@@ -178,4 +181,18 @@ def cell_reason(cell: Cell) -> str | None:
                 "so this model's k_cache/v_cache would stay quantized; use stack vllm-gaudi or "
                 "backend_options.quant_configs_dir with a config that blocklists them"
             )
+    if stack.name == "vllm-gaudi" and measured_with_expert_parallel(cell) and cell.ep == 1:
+        return (
+            f"{key}: calibrate_model.sh measures any model named *deepseek* with "
+            "--expert-parallel (vllm-gaudi calibration/calibrate_model.sh:226-231), so each "
+            f"rank's scales cover its EP-local experts; serve it the same way: set ep: {cell.tp} "
+            "on this cell"
+        )
     return None
+
+
+def measured_with_expert_parallel(cell: Cell) -> bool:
+    """calibrate_model.sh:165-166,226-227@091bbad: the -m folder's name, lowered, contains
+    "deepseek" -> step 2 and 4 run with --expert-parallel."""
+    name = str(cell.model.source).rstrip("/").rsplit("/", 1)[-1].lower()
+    return cell.is_fp8 and cell.runs("calibration") and cell.tp > 1 and "deepseek" in name
