@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 from harness.cell import Cell
@@ -16,12 +17,39 @@ from harness.process import Command
 from harness.serving.inc_plugin import READY_MARK
 from harness.serving.server import ServerSpec
 
+if TYPE_CHECKING:
+    from harness.serving.commands import AccuracyTask
+
 PLAN_PORT = 8688  # the seeds' port, shown by --plan; a run picks a free port
 
 
 class ServingPlans:
     """Mixin: needs serve_command, serve_prechecks, served_name, serving_facts,
     accuracy_task, accuracy_command and bench_command from the backend's serving mixin."""
+
+    if TYPE_CHECKING:  # what the backend's serving mixin provides
+
+        def serve_command(
+            self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
+        ) -> Command: ...
+
+        def serve_prechecks(self, cell: Cell) -> list[tuple[Command, Any]]: ...
+
+        def served_name(self, cell: Cell) -> str: ...
+
+        def serving_facts(self, cell: Cell) -> dict[str, Any]: ...
+
+        def accuracy_task(
+            self, cell: Cell, workdir: Path, write: bool = True
+        ) -> AccuracyTask: ...
+
+        def accuracy_command(
+            self, cell: Cell, base_url: str, task: AccuracyTask, workdir: Path
+        ) -> Command: ...
+
+        def bench_command(
+            self, cell: Cell, base_url: str, concurrency: int, workdir: Path
+        ) -> Command: ...
 
     def server_spec(
         self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None

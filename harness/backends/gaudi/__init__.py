@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from harness.backends.base import Inventory
 from harness.backends.common import BackendCore
+from harness.backends.gaudi import stacks
 from harness.backends.gaudi.calibration import GaudiCalibration
 from harness.backends.gaudi.collectives import GaudiCollectives
 from harness.backends.gaudi.discovery import discover
 from harness.backends.gaudi.preflight import GaudiPreflight
-from harness.backends.gaudi import stacks
 from harness.backends.gaudi.serving import GaudiServing
 from harness.cell import Cell
 from harness.cell import Stage
@@ -20,7 +22,7 @@ class GaudiBackend(GaudiPreflight, GaudiCollectives, GaudiCalibration, GaudiServ
     name = "gaudi"
     devices = frozenset({"g2", "g3"})
 
-    def __init__(self, options: dict | None = None) -> None:
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
         self._inventory: Inventory | None = None
 

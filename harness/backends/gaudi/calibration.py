@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from harness.backends.gaudi.discovery import CARDS_PER_NODE
 from harness.calibration import config as configs
@@ -56,7 +57,7 @@ def _dir(path: Path) -> str:
 class GaudiCalibration:
     """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
 
-    options: dict
+    options: dict[str, Any]
 
     # what the calibration stage asks ------------------------------------------------------
     def calibration_device(self, cell: Cell) -> str:
@@ -88,7 +89,7 @@ class GaudiCalibration:
         path = Path(dataset)
         return path, file_digest(path) if path.is_file() else f"path:{path}"
 
-    def calibration_configs(self, job: CalibrationJob) -> tuple[dict, dict]:
+    def calibration_configs(self, job: CalibrationJob) -> tuple[dict[str, Any], dict[str, Any]]:
         """What the script will write (for the key); a branch we cannot predict is named."""
         rule = configs.rule_for(job.model)
         if not rule.verified:

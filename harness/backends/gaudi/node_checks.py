@@ -79,7 +79,9 @@ def device_health(nodes: Facts) -> Check:
 
 
 def nic_ports(cell: Cell, nodes: Facts) -> Check:
-    down, missing, ups = [], [], {}
+    down: list[str] = []
+    missing: list[str] = []
+    ups: dict[str, object] = {}
     for node, facts in per_node(nodes):
         rc, out = command_output(facts, "nic")
         if rc is None or rc == 127 or "No such file" in out:

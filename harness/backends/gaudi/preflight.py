@@ -80,7 +80,7 @@ def firmware_versions(output: str) -> list[str]:
 class GaudiPreflight:
     """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
 
-    stack_packages = PACKAGES
+    stack_packages: tuple[str, ...] = PACKAGES
     ray_hint = cluster.RAY_START_HINT
     starts_local_ray = False  # the seeds' cluster is started by hand; the harness connects
     per_node_env = PER_NODE_ENV

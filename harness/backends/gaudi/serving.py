@@ -46,7 +46,9 @@ SEED_DUMP_STATS_PATH = "scripts/nc_workspace_measure_kvcache/inc_measure_output"
 QUANT_CONFIG_UNKNOWN = "<the calibration stage's maxabs_quant_<dev>.json>"
 FORK_BENCH = ("python3", "benchmarks/benchmark_serving.py")  # seed 003, in the fork's checkout
 # set per node (seed 003: VLLM_HOST_IP, *_SOCKET_IFNAME differ), never copied to other nodes
-LOCAL_ONLY_ENV = frozenset({"VLLM_HOST_IP", "GLOO_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME", "PYTHONPATH"})
+LOCAL_ONLY_ENV = frozenset(
+    {"VLLM_HOST_IP", "GLOO_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME", "PYTHONPATH"}
+)
 TRUST_REMOTE_CODE_ARCHITECTURES = frozenset({"deepseek_v3", "kimi_k2"})
 INC_PREFIX_DIR = "inc_prefix"
 
@@ -95,7 +97,9 @@ class GaudiServing(ServingPlans):
 
     def quant_config_path(self, cell: Cell) -> Path:
         """The fork's stock INC config for the cell's KV dtype (seed 003's table)."""
-        root = self.option(cell, "quant_configs_dir") or f"{self.fork_dir(cell)}/scripts/quant_configs"
+        root = self.option(cell, "quant_configs_dir") or (
+            f"{self.fork_dir(cell)}/scripts/quant_configs"
+        )
         name = QUANT_CONFIG_BY_KV.get(cell.kv_cache_dtype)
         if name is None:
             raise HarnessError(

@@ -171,16 +171,19 @@ def cell_reason(cell: Cell) -> str | None:
             "rejects --weights-load-device (vllm-gaudi loads INC weights to CPU by itself, "
             "vllm_gaudi/platform.py:265-273): drop it or use stack vllm-fork"
         )
-    if stack.name == "vllm-fork" and cell.is_fp8 and cell.kv_cache_dtype == "auto":
-        if cell.model.architecture not in FORK_BF16KV_ARCHITECTURES and not cell.backend_options.get(
-            "quant_configs_dir"
-        ):
-            return (
-                f"{key}: kv_cache_dtype auto on {cell.model.architecture}: the fork's "
-                "inc_quant_per_channel_bf16kv.json blocklists DeepSeek's latent_cache_k/v only, "
-                "so this model's k_cache/v_cache would stay quantized; use stack vllm-gaudi or "
-                "backend_options.quant_configs_dir with a config that blocklists them"
-            )
+    if (
+        stack.name == "vllm-fork"
+        and cell.is_fp8
+        and cell.kv_cache_dtype == "auto"
+        and cell.model.architecture not in FORK_BF16KV_ARCHITECTURES
+        and not cell.backend_options.get("quant_configs_dir")
+    ):
+        return (
+            f"{key}: kv_cache_dtype auto on {cell.model.architecture}: the fork's "
+            "inc_quant_per_channel_bf16kv.json blocklists DeepSeek's latent_cache_k/v only, "
+            "so this model's k_cache/v_cache would stay quantized; use stack vllm-gaudi or "
+            "backend_options.quant_configs_dir with a config that blocklists them"
+        )
     if stack.name == "vllm-gaudi" and measured_with_expert_parallel(cell) and cell.ep == 1:
         return (
             f"{key}: calibrate_model.sh measures any model named *deepseek* with "
