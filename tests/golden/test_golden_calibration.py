@@ -46,7 +46,9 @@ def test_single_node_is_calibrate_model_sh_with_the_seed_flags_and_no_extra_env(
     (cmd,) = step.commands
     out = f"/data/fp8_output/{p.key.dirname}"
     assert cmd.argv == ("./calibrate_model.sh", "-m", "meta-llama/Llama-3.1-8B-Instruct",
-                        "-d", DATA, "-o", out, "-b", "128", "-l", "4096", "-t", "1")
+                        "-d", DATA, "-o", out, "-b", "128", "-l", "1000", "-t", "1")
+    # -l 1000: the pickle's rows; step-1-prepare-calibration-dataset.py:20 (@091bbad) takes
+    # ds.head(-l), so seed 000's -l 4096 measured these 1000 samples too
     assert cmd.cwd == SCRIPTS and dict(cmd.env) == {} and cmd.node is None
     assert p.key.dirname.startswith("llama-3.1-8b-instruct-g2-tp1-ep1-")
 
@@ -60,7 +62,7 @@ def test_tp16_on_two_nodes_unified_to_8_is_seed_000_step_7(backend):
     out = f"/data/fp8_output/{p.key.dirname}"
     assert calibrate.argv == (
         "./calibrate_model.sh", "-m", "meta-llama/Llama-3.1-405B-Instruct", "-d", DATA,
-        "-o", out, "-b", "128", "-l", "4096", "-t", "16", "-r", "8")
+        "-o", out, "-b", "128", "-l", "1000", "-t", "16", "-r", "8")
     assert dict(calibrate.env) == {
         "QUANT_CONFIG": BUFFER,
         "PT_HPU_ENABLE_LAZY_COLLECTIVES": "true",
@@ -100,9 +102,12 @@ def test_deepseek_ep_is_calibrated_at_ep8_unified_to_tp1_postprocessed_and_expan
     out = f"/data/fp8_output/{p.key.dirname}"
     model = f"{out}/deepseek-r1-0528-g2"
     calibrate, unify, post, expand = (s.commands[0] for s in steps)
+    # vllm-gaudi docs/configuration/calibration/calibration.md:33 (@091bbad): DeepSeek
+    # calibrates on NeelNanda/pile-10k, 512 samples; calibrate_model.sh:217-222 prepares a
+    # dataset given by name itself
     assert calibrate.argv == (
-        "./calibrate_model.sh", "-m", "/data/hf_models/DeepSeek-R1-0528-G2", "-d", DATA,
-        "-o", out, "-b", "1", "-l", "5000", "-t", "8", "-u")
+        "./calibrate_model.sh", "-m", "/data/hf_models/DeepSeek-R1-0528-G2",
+        "-d", "NeelNanda/pile-10k", "-o", out, "-b", "1", "-l", "512", "-t", "8", "-u")
     assert dict(calibrate.env) == {}  # TP8 fits one node
     assert unify.argv == ("python3", "step-5-unify_measurements.py", "-m", f"{model}/g2/",
                           "-r", "1", "-o", f"{model}/g2-unified-tp1/", "-u", "-s")

@@ -179,3 +179,60 @@ def test_the_forks_benchmark_result_parses_like_vllm_bench_serves() -> None:
     assert metrics["failed@c32"] == 2 and metrics["completed@c32"] == 30
     assert "request_goodput@c32" not in metrics
     assert parse_result({**data, "request_goodput:": 2.5}, 32)["request_goodput@c32"] == 2.5
+
+
+def test_a_sample_count_beyond_the_datasets_rows_is_said_with_what_is_measured(
+    tmp_path: Path,
+) -> None:
+    """step-1-prepare-calibration-dataset.py:16-20 @091bbad: read_pickle, then head(-l)."""
+    from harness.backends.gaudi import stack_checks
+    from harness.settings import StageSettings
+
+    pd = pytest.importorskip("pandas")
+    data = tmp_path / "mine.pkl"
+    pd.DataFrame({"system_prompt": ["s"] * 3, "question": ["q"] * 3}).to_pickle(data)
+    cell = _cell()
+    for dataset, samples, rows in ((str(data), 5, 3), ("/x/open_orca.calibration_1000.pkl", 4096, 1000)):
+        settings = StageSettings.model_validate(
+            {**cell.settings.model_dump(), "calibration": {"dataset": dataset, "samples": samples}}
+        )
+        check = stack_checks.calibration_samples(dataclasses.replace(cell, settings=settings))
+        assert check.status.value == "warn"
+        assert f"step-1 takes head({samples}), so {rows} samples are measured" in check.message
+    settings = StageSettings.model_validate(
+        {**cell.settings.model_dump(), "calibration": {"dataset": str(data), "samples": 3}}
+    )
+    ok = stack_checks.calibration_samples(dataclasses.replace(cell, settings=settings))
+    assert ok.status.value == "pass"
+
+
+def test_preflight_checks_the_built_hccl_demo_binary_and_the_forks_files() -> None:
+    """hccl_demo Makefile:12 builds ./hccl_demo and run_hccl_demo.py:68,249 (@f623d69) runs
+    that binary; the fork cell needs its quant config and benchmark_serving.py on every node."""
+    cells = {c.id: c for c in load_matrix("deepseek-r1-multinode").cells}
+    cell = cells["deepseek-r1-0528/g2-n2/tp16-ep16/fp8-kv-fp8_inc"]
+    gaudi = backends.get("gaudi", {})
+    paths = gaudi.preflight_spec(cell)["paths"]
+    assert paths["hccl_demo"] == "hccl_demo/hccl_demo"
+    assert paths["fork.quant_config"] == (
+        "/workspace/vllm-fork/scripts/quant_configs/inc_quant_per_channel_with_fp8kv_config.json"
+    )
+    assert paths["fork.benchmark_serving"] == "/workspace/vllm-fork/benchmarks/benchmark_serving.py"
+    from harness.backends.gaudi import stack_checks
+
+    facts = {"10.0.0.1/n0": {"paths": {"hccl_demo": True, "fork.quant_config": True,
+                                       "fork.benchmark_serving": True}},
+             "10.0.0.2/n1": {"paths": {"hccl_demo": False, "fork.quant_config": True}}}
+    stack_paths = {k: v for k, v in paths.items() if k != "model"}  # model: config.json
+    checks = {c.name: c for c in stack_checks.paths_present(cell, facts, stack_paths)}
+    assert checks["hccl_demo"].status.value == "fail"
+    assert "not found on 10.0.0.2/n1" in checks["hccl_demo"].message
+    assert "make" in checks["hccl_demo"].hint
+    assert checks["fork.quant_config"].status.value == "pass"
+    assert checks["fork.benchmark_serving"].status.value == "fail"
+    gaudi_paths = gaudi.preflight_spec(cells["llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc"])["paths"]
+    assert "fork.quant_config" in gaudi_paths  # the multinode matrix is on the fork
+    nightly = {c.id: c for c in load_matrix("nightly-g2").cells}
+    assert set(gaudi.preflight_spec(nightly["llama-3.1-8b/g2/tp1/fp8-kv-fp8_inc"])["paths"]) == {
+        "hccl_demo"  # a hub id has no local config.json; vllm-gaudi needs no fork files
+    }

@@ -43,7 +43,8 @@ def node(ip: str = "10.0.0.1", **over) -> dict:
         },
         "packages": {"vllm": "0.6.3", "habana-torch-plugin": "1.20.1.97"},
         "modules": {"vllm": "/workspace/vllm-fork/vllm/__init__.py"},
-        "paths": {"hccl_demo": True, "$QUANT_CONFIG": True},
+        "paths": {"hccl_demo": True, "$QUANT_CONFIG": True, "fork.quant_config": True,
+                  "fork.benchmark_serving": True},
         "commands": {
             "devices": {"rc": 0, "out": HL_SMI},
             "firmware": {"rc": 0, "out": "erom\n gaudi2 1.20.1-fw-57.2.1\n"},
@@ -79,7 +80,8 @@ def test_healthy_two_node_facts_pass_every_gaudi_check():
     checks = by_name(GaudiBackend().preflight_checks(cell_of("deepseek-r1-multinode", TWO_NODES),
                                                      probe(node(), node("10.0.0.2"))))  # fmt: skip
     assert {n: c.status for n, c in checks.items() if c.status is not CheckStatus.PASS} == {
-        "weights.g2_converted": CheckStatus.FAIL  # /data/hf_models/... does not exist here
+        "weights.g2_converted": CheckStatus.FAIL,  # /data/hf_models/... does not exist here
+        "model.checkpoint": CheckStatus.WARN,  # nor its config.json: fp8 assumed, and said so
     }
     assert "10.0.0.1/node0: 8" in checks["devices"].message
 

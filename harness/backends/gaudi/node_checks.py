@@ -163,20 +163,6 @@ def quant_config_buffer(nodes: Facts) -> Check:
     )
 
 
-def hccl_demo_built(cell: Cell, nodes: Facts) -> Check:
-    missing = [n for n, f in per_node(nodes) if not f.get("paths", {}).get("hccl_demo")]
-    where = cell.settings.collectives.hccl_demo_dir
-    if not missing:
-        return Check("hccl_demo", CheckStatus.PASS, f"{where}/run_hccl_demo.py present")
-    return Check(
-        "hccl_demo",
-        CheckStatus.FAIL,
-        f"{where}/run_hccl_demo.py not found on {', '.join(missing)}",
-        "git clone https://github.com/HabanaAI/hccl_demo.git && cd hccl_demo && make, "
-        "then set settings.collectives.hccl_demo_dir (seed 003)",
-    )
-
-
 def cpu_governor(cell: Cell, nodes: Facts) -> Check:
     want = cell.settings.preflight.cpu_governor
     if want is None:
