@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.gaudi.discovery import CARDS_PER_NODE
+from harness.backends.gaudi.stack_checks import samples_note
 from harness.calibration import config as configs
 from harness.calibration.key import file_digest
 from harness.calibration.recipe import CalibrationJob
@@ -47,6 +48,28 @@ def parse_ray_hpus(output: str) -> int | None:
         if re.fullmatch(r"\s*\d+\s*", line):
             return int(line)
     return None
+
+
+# calibrate_model.sh's getopts: "...r:ue" since vllm-gaudi 9e77a155 (#1121, 2026-03-11, in
+# v0.14.1+ but not v0.17.0rc1/v0.17.1rc1); "...r:u:e" before (v0.11.2-v0.13.0.post1), where a
+# bare -u swallows the next option and `case u` ignores its value (v0.13.0 lines 120-122)
+U_NOTES: dict[str | None, str] = {
+    "value": "this checkout's calibrate_model.sh reads `-u <value>` (getopts u:), so -u 1",
+    None: "calibrate_model.sh not readable here: bare -u needs its getopts \"...r:ue\" "
+    "(vllm-gaudi 9e77a155, v0.14.1+); an older checkout takes `-u <value>`",
+}
+
+
+def u_option_form(scripts: Path) -> str | None:
+    """"flag" or "value" from the checkout's getopts string; None when it is not readable."""
+    try:
+        text = (scripts / "calibrate_model.sh").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(r'getopts\s+"([^"]*)"', text)
+    if match is None:
+        return None
+    return "value" if "u:" in match.group(1) else "flag"
 
 
 def _dir(path: Path) -> str:
@@ -143,14 +166,19 @@ class GaudiCalibration:
         if fused:
             assert derivation is not None
             argv += ["-r", str(derivation.unify_ranks)]
+        notes = [samples_note(str(job.dataset), job.samples)]
         if job.ep > 1 or (fused and derivation is not None and derivation.expert_parallel):
-            argv.append("-u")
+            form = u_option_form(scripts)
+            argv += ["-u", "1"] if form == "value" else ["-u"]
+            notes.append(U_NOTES.get(form))
         if job.enforce_eager:
             argv.append("-e")
+        note = "; ".join(n for n in notes if n)
         steps.append(Step("calibrate_model.sh", (Command(
             tuple(argv), env=env, cwd=str(scripts), node=node,
             description="calibrate_model.sh: prepare, measure, postprocess, quantize"
-            + (f", unify to {derivation.unify_ranks}" if fused and derivation else "")),)))
+            + (f", unify to {derivation.unify_ranks}" if fused and derivation else "")
+            + (f"; WARNING {note}" if note else "")),)))
         layout = job.layout
         return Recipe(tuple(steps), layout.measurement_dir, layout.quant_config, job.world,
                       derivation=derivation.name if fused and derivation else None)

@@ -88,21 +88,21 @@ def dataset_rows(dataset: str) -> tuple[int | None, str]:
     return None, ""
 
 
-def samples_note(cell: Cell) -> str | None:
+def samples_note(dataset: str | None, samples: int) -> str | None:
     """step-1-prepare-calibration-dataset.py:20 takes `ds.head(-l)`: a larger -l silently
     measures fewer samples (vllm-gaudi @091bbad)."""
-    s = cell.settings.calibration
-    if not s.dataset or not str(s.dataset).endswith(".pkl"):
+    if not dataset or not str(dataset).endswith(".pkl"):
         return None
-    rows, known = dataset_rows(s.dataset)
-    if rows is None or s.samples <= rows:
+    rows, known = dataset_rows(str(dataset))
+    if rows is None or samples <= rows:
         return None
-    return (f"-l {s.samples} but {known} {rows} rows: step-1 takes head({s.samples}), so "
+    return (f"-l {samples} but {known} {rows} rows: step-1 takes head({samples}), so "
             f"{rows} samples are measured (set settings.calibration.samples: {rows})")
 
 
 def calibration_samples(cell: Cell) -> Check:
-    note = samples_note(cell)
+    s = cell.settings.calibration
+    note = samples_note(s.dataset, s.samples)
     if note is None:
         return Check("calibration.samples", CheckStatus.PASS,
                      f"{cell.settings.calibration.samples} samples requested")
