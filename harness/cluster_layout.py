@@ -178,7 +178,7 @@ def nodes_needed(cell: Cell, cards_per_node: int) -> int:
     if cell.is_fp8 and cell.runs("calibration"):
         cal = cell.settings.calibration
         tp, ep = cal.calibrate_tp or cell.tp, cal.calibrate_ep or cell.ep
-        world = tp * cell.pp * (ep // tp if ep > tp else 1)
+        world = tp * (ep // tp if ep > tp else 1)  # calibrate_model.sh has no PP (-t only)
         nodes = max(nodes, -(-world // cards_per_node))
     return nodes
 

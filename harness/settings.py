@@ -36,7 +36,7 @@ class CollectivesSettings(_Strict):
     size_range_inc: int = Field(default=1, ge=1)  # hccl_demo --size_range_inc
     comm_port: int = 5555  # HCCL_COMM_ID=<head>:<port> (seed 003)
     hccl_demo_dir: str = "hccl_demo"  # where `make` built it (relative: to pytest's cwd)
-    csv: bool = False  # hccl_demo --csv_path into the stage's directory
+    csv: bool = False  # hccl_demo --result_csv into the stage's directory
     warmup: int = Field(default=2, ge=0)  # gloo only
     max_seconds_per_size: float = 1.0  # gloo only: fewer than `loop` iterations past this
 
