@@ -231,7 +231,7 @@ def test_preflight_checks_the_built_hccl_demo_binary_and_the_forks_files() -> No
     assert checks["fork.quant_config"].status.value == "pass"
     assert checks["fork.benchmark_serving"].status.value == "fail"
     gaudi_paths = gaudi.preflight_spec(cells["llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc"])["paths"]
-    assert "fork.quant_config" in gaudi_paths  # the multinode matrix is on the fork
+    assert "fork.quant_config" not in gaudi_paths  # 405B is on vllm-gaudi (matrix override)
     nightly = {c.id: c for c in load_matrix("nightly-g2").cells}
     assert set(gaudi.preflight_spec(nightly["llama-3.1-8b/g2/tp1/fp8-kv-fp8_inc"])["paths"]) == {
         "hccl_demo"  # a hub id has no local config.json; vllm-gaudi needs no fork files

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
+from harness.backends.gaudi import fork_calibration
+from harness.backends.gaudi import stacks
 from harness.backends.gaudi.discovery import CARDS_PER_NODE
 from harness.backends.gaudi.stack_checks import samples_note
 from harness.calibration import config as configs
@@ -33,6 +36,8 @@ from harness.calibration.recipe import Step
 from harness.cell import Cell
 from harness.errors import HarnessError
 from harness.process import Command
+
+VLLM_FORK_DIR = "/workspace/vllm-fork"  # seed 003's source folder
 
 RAY_HPU_CHECK = 'import ray; ray.init(); print(int(ray.available_resources()["HPU"]))'
 MULTI_NODE_ENV = {
@@ -82,6 +87,10 @@ class GaudiCalibration:
 
     options: dict[str, Any]
 
+    if TYPE_CHECKING:  # BackendCore
+
+        def option(self, cell: Cell | None, key: str, default: Any = None) -> Any: ...
+
     # what the calibration stage asks ------------------------------------------------------
     def calibration_device(self, cell: Cell) -> str:
         target = cell.settings.calibration.target_device
@@ -102,6 +111,8 @@ class GaudiCalibration:
 
     def calibration_dataset(self, cell: Cell, cache_dir: Path,
                             materialize: bool = True) -> tuple[Path, str]:
+        if stacks.profile(cell).name == "vllm-fork":  # run_inc_calib.sh:97 --dataset pile
+            return Path("pile"), "run_inc_calib.sh: pile (fixed by the script)"
         dataset = cell.settings.calibration.dataset
         if not dataset:
             raise HarnessError(
@@ -112,8 +123,20 @@ class GaudiCalibration:
         path = Path(dataset)
         return path, file_digest(path) if path.is_file() else f"path:{path}"
 
+    def calibration_stack(self, cell: Cell) -> dict[str, Any]:
+        """The stack whose procedure measures the cell (CalibrationJob.stack/fork_dir)."""
+        stack = stacks.profile(cell).name
+        fork = str(self.option(cell, "vllm_fork_dir", VLLM_FORK_DIR))
+        return {"stack": stack, "fork_dir": fork if stack == "vllm-fork" else None}
+
+    def dataset_by_name(self, dataset: Path) -> bool:
+        """calibrate_model.sh:217-222: a dataset not ending in .pkl is prepared by name."""
+        return not str(dataset).endswith(".pkl")
+
     def calibration_configs(self, job: CalibrationJob) -> tuple[dict[str, Any], dict[str, Any]]:
         """What the script will write (for the key); a branch we cannot predict is named."""
+        if job.stack == "vllm-fork":
+            return dict(fork_calibration.MEASURE_KEY), dict(fork_calibration.QUANT_KEY)
         rule = configs.rule_for(job.model)
         if not rule.verified:
             marker = {"calibrate_model.sh branch": rule.family}
@@ -133,7 +156,10 @@ class GaudiCalibration:
                        cwd=str(scripts), node=0 if job.tp > CARDS_PER_NODE else None)
 
     def calibration_recipe(self, job: CalibrationJob, derivation: Derivation | None) -> Recipe:
-        """Calibrate_model.sh, with `-r` when the cell only needs a unify (seed 000 step 7)."""
+        """Calibrate_model.sh, with `-r` when the cell only needs a unify (seed 000 step 7);
+        the fork's run_inc_calib.sh for a vllm-fork cell (seed 003)."""
+        if job.stack == "vllm-fork":
+            return fork_calibration.recipe(job, derivation)
         multi_node = job.tp > CARDS_PER_NODE
         scripts = self._scripts(job)
         env = dict(job.env)

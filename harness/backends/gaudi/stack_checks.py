@@ -102,6 +102,9 @@ def samples_note(dataset: str | None, samples: int) -> str | None:
 
 def calibration_samples(cell: Cell) -> Check:
     s = cell.settings.calibration
+    if stacks.profile(cell).name == "vllm-fork":
+        return Check("calibration.samples", CheckStatus.PASS,
+                     f"run_inc_calib.sh --nprompts {s.samples} on its own pile set")
     note = samples_note(s.dataset, s.samples)
     if note is None:
         return Check("calibration.samples", CheckStatus.PASS,
