@@ -61,6 +61,9 @@ class CalibrationSettings(_Strict):
     scripts_dir: str = "vllm-gaudi/calibration"  # gaudi: where calibrate_model.sh and steps live
     # gaudi multi-node (TP > 8): QUANT_CONFIG buffer file on NFS that every node reads
     quant_config_buffer: str | None = None
+    # gaudi: a measurement set already on disk (seed 003 downloads them), used instead of
+    # measuring; checked for the cell's world and derived like the harness's own
+    source: str | None = None
 
 
 class ServingSettings(_Strict):

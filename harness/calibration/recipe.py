@@ -50,6 +50,7 @@ class CalibrationJob:
     # fork's run_inc_calib.sh); in the key through the measure config it implies
     stack: str = "vllm-gaudi"
     fork_dir: str | None = None  # gaudi vllm-fork: the checkout run_inc_calib.sh runs in
+    source_set: str | None = None  # gaudi: a pre-made measurement set to use (not measured)
 
     @property
     def world(self) -> int:

@@ -65,3 +65,51 @@ def test_the_plan_warns_when_l_exceeds_the_datasets_rows(tmp_path: Path) -> None
     _, description = _calibrate(cell, tmp_path)
     assert "WARNING -l 4096 but open_orca_gpt4_tokenized_llama.calibration_1000.pkl" in description
     assert "so 1000 samples are measured" in description
+
+
+def _with_source(cell: Cell, source: Path, **calibration: object) -> Cell:
+    cs = cell.settings.calibration.model_copy(update={"source": str(source), **calibration})
+    return dataclasses.replace(cell, settings=cell.settings.model_copy(update={"calibration": cs}))
+
+
+def test_seed_003s_downloaded_set_is_checked_copied_and_served_on_the_fork(tmp_path: Path) -> None:
+    """Seed 003: `huggingface-cli download Yi30/ds-r1-0528-default-pile-g2-0529 --local-dir
+    ./scripts/nc_workspace_measure_kvcache` for DeepSeek-R1-0528 at TP8; files
+    inc_measure_output_hooks_maxabs_<r>_8{.json,.npz,_mod_list.json} (seed's `ls -l`)."""
+    from harness.backends.gaudi import measurement_source
+
+    base = next(c for c in load_matrix("nightly-g2").cells
+                if c.id == "deepseek-r1-0528/g2/tp8-ep8/fp8-kv-fp8_inc")
+    cell = _with_source(dataclasses.replace(base, backend_options={"stack": "vllm-fork"}),
+                        tmp_path / "ds-r1-0528-default-pile-g2-0529")
+    backend = GaudiBackend({"cache_dir": str(tmp_path / "cache")})
+    p = service.plan(cell, backend, tmp_path / "cache", materialize=False)
+    assert p.derivation is None and p.key.dataset == f"source:{tmp_path}/ds-r1-0528-default-pile-g2-0529"
+    recipe = backend.calibration_recipe(p.job, None)
+    check, copy = recipe.steps
+    assert check.commands[0].argv == ("ls", "-1", str(tmp_path / "ds-r1-0528-default-pile-g2-0529"))
+    listing = "\n".join(f"inc_measure_output_hooks_maxabs_{r}_8{s}" for r in range(8)
+                        for s in (".json", ".npz", "_mod_list.json"))
+    assert check.check is not None and check.check(listing) is None
+    problem = check.check(listing.replace("inc_measure_output_hooks_maxabs_3_8.npz", ""))
+    assert problem is not None and "not a 8-rank INC measurement set (rank 3: npz)" in problem
+    assert measurement_source.missing_files(listing, 16)[0] == "rank 0: json, mod_list, npz"
+    assert recipe.quant_copy is not None and recipe.quant_copy[2] == recipe.measurement_dir / "inc_output"
+    assert "inc_output_hooks_maxabs" in copy.commands[0].argv[2]
+
+
+def test_a_pre_made_set_on_vllm_gaudi_gets_calibrate_model_shs_config_and_is_unified_like_ours(
+    tmp_path: Path,
+) -> None:
+    base = next(c for c in load_matrix("nightly-g2").cells
+                if c.id == "llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc")
+    cell = _with_source(base, tmp_path / "set16")  # calibrate_tp 16, unify_ranks 8 (override)
+    backend = GaudiBackend({"cache_dir": str(tmp_path / "cache")})
+    p = service.plan(cell, backend, tmp_path / "cache", materialize=False)
+    recipe = backend.calibration_recipe(p.job, p.derivation)
+    assert [s.name for s in recipe.steps] == ["check-source", "copy-source"]
+    ((path, cfg),) = recipe.writes.items()
+    assert path == p.job.layout.quant_config and cfg["dump_stats_path"].endswith(
+        "/llama-3.1-405b-instruct/g2/inc_output")
+    commands = service.plan_commands(cell, backend, tmp_path)
+    assert commands[-1].argv[:4] == ("python3", "step-5-unify_measurements.py", "-r", "8")

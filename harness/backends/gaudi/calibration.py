@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from harness.backends.gaudi import fork_calibration
+from harness.backends.gaudi import measurement_source
 from harness.backends.gaudi import stacks
 from harness.backends.gaudi.discovery import CARDS_PER_NODE
 from harness.backends.gaudi.stack_checks import samples_note
@@ -111,6 +112,9 @@ class GaudiCalibration:
 
     def calibration_dataset(self, cell: Cell, cache_dir: Path,
                             materialize: bool = True) -> tuple[Path, str]:
+        source = cell.settings.calibration.source
+        if source:  # the set itself is the data; its folder names it in the key
+            return Path(source), f"source:{source}"
         if stacks.profile(cell).name == "vllm-fork":  # run_inc_calib.sh:97 --dataset pile
             return Path("pile"), "run_inc_calib.sh: pile (fixed by the script)"
         dataset = cell.settings.calibration.dataset
@@ -127,14 +131,18 @@ class GaudiCalibration:
         """The stack whose procedure measures the cell (CalibrationJob.stack/fork_dir)."""
         stack = stacks.profile(cell).name
         fork = str(self.option(cell, "vllm_fork_dir", VLLM_FORK_DIR))
-        return {"stack": stack, "fork_dir": fork if stack == "vllm-fork" else None}
+        return {"stack": stack, "fork_dir": fork if stack == "vllm-fork" else None,
+                "source_set": cell.settings.calibration.source}
 
     def dataset_by_name(self, dataset: Path) -> bool:
-        """calibrate_model.sh:217-222: a dataset not ending in .pkl is prepared by name."""
+        """calibrate_model.sh:217-222: a dataset not ending in .pkl is prepared by name (a
+        pre-made set is checked by its recipe's first step instead)."""
         return not str(dataset).endswith(".pkl")
 
     def calibration_configs(self, job: CalibrationJob) -> tuple[dict[str, Any], dict[str, Any]]:
         """What the script will write (for the key); a branch we cannot predict is named."""
+        if job.source_set:
+            return {"source": job.source_set}, {"source": job.source_set, "stack": job.stack}
         if job.stack == "vllm-fork":
             return dict(fork_calibration.MEASURE_KEY), dict(fork_calibration.QUANT_KEY)
         rule = configs.rule_for(job.model)
@@ -158,6 +166,10 @@ class GaudiCalibration:
     def calibration_recipe(self, job: CalibrationJob, derivation: Derivation | None) -> Recipe:
         """Calibrate_model.sh, with `-r` when the cell only needs a unify (seed 000 step 7);
         the fork's run_inc_calib.sh for a vllm-fork cell (seed 003)."""
+        if job.source_set:
+            if job.stack == "vllm-fork" and derivation is not None:
+                fork_calibration.recipe(job, derivation)  # raises: no unify/expand on the fork
+            return measurement_source.recipe(job, job.source_set)
         if job.stack == "vllm-fork":
             return fork_calibration.recipe(job, derivation)
         multi_node = job.tp > CARDS_PER_NODE
