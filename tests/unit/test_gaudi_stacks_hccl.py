@@ -67,3 +67,40 @@ def test_a_bad_rank_fails_the_collectives_stage(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(StageError, match="gave wrong data"):
         stage.run(ctx)
     assert ctx.recorder.metrics["data_verified"] is False
+
+
+def test_the_checker_reads_a_hand_run_log_and_applies_the_matrix_gates(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from harness.collectives.check import main
+
+    two_nodes = str(HCCL / "seed003_g2_2nodes_16ranks.txt")
+    assert main([two_nodes, "--device", "g2", "--nodes", "2", "--matrix",
+                 "deepseek-r1-multinode", "--cell", "deepseek-r1-0528/g2-n2/*"]) == 0
+    out = capsys.readouterr().out
+    assert "109.813       205.899" in out and out.count("gate PASS") == 2
+    # the same two-node figure against a one-node gate (258 - 26) fails
+    assert main([two_nodes, "--device", "g2", "--nodes", "2", "--matrix", "nightly-g2",
+                 "--cell", "llama-3.1-8b/g2/tp1/bf16-kv-auto"]) == 1
+    assert "gate FAIL" in capsys.readouterr().out
+
+
+def test_the_checker_fails_on_a_bad_rank_and_reads_a_csv_when_the_log_has_no_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from harness.collectives.check import main
+
+    bad = tmp_path / "node0.log"
+    bad.write_text(SUMMARY.read_text().replace(
+        "[3 3 3 ...] Output Buffer [36 36 36 ...] which is fine.",
+        "[3 3 3 ...] Output Buffer [1 36 36 ...] which is bad."))
+    assert main([str(bad), "--device", "g2"]) == 1
+    assert "data check: BAD on rank(s) 2" in capsys.readouterr().out
+    checks_only = tmp_path / "checks.log"
+    checks_only.write_text("".join(
+        line + "\n" for line in SUMMARY.read_text().splitlines() if line.startswith("rank=")))
+    assert main([str(checks_only), "--csv", str(HCCL / "result_csv_7col_f623d69.csv"),
+                 "--device", "g2"]) == 0
+    out = capsys.readouterr().out
+    assert "(csv)" in out and "data check: fine on 8 rank line(s)" in out
+    assert main([str(tmp_path / "checks.log"), "--device", "g3"]) == 2
