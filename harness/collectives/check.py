@@ -16,13 +16,16 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import sys
+from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from harness.collectives.bandwidth import headline
 from harness.collectives.hccl_output import HcclReport
 from harness.collectives.hccl_output import parse_csv
 from harness.collectives.hccl_output import parse_output
+from harness.gates import GateSpec
 from harness.gates import evaluate
 from harness.matrix import load_matrix
 
@@ -84,7 +87,9 @@ def _gates(matrix: str, cell_glob: str | None, report: HcclReport) -> int:
     metrics = {METRICS[0]: top.algbw_gbps, METRICS[1]: top.busbw_gbps}
     status = 0
     for cell in cells:
-        for outcome in evaluate(cell.id, "collectives", metrics, cell.gates):
+        # Cell.gates holds GateSpec values (matrix.py); its annotation says dicts
+        gates = cast("Mapping[str, GateSpec]", cell.gates)
+        for outcome in evaluate(cell.id, "collectives", metrics, gates):
             mark = "PASS" if outcome.passed else "FAIL"
             print(f"gate {mark} {outcome.message}")
             status = status if outcome.passed else 1
