@@ -236,3 +236,14 @@ def test_preflight_checks_the_built_hccl_demo_binary_and_the_forks_files() -> No
     assert set(gaudi.preflight_spec(nightly["llama-3.1-8b/g2/tp1/fp8-kv-fp8_inc"])["paths"]) == {
         "hccl_demo"  # a hub id has no local config.json; vllm-gaudi needs no fork files
     }
+
+
+def test_a_bf16_kv_cell_on_vllm_gaudi_warns_that_bf16_kv_is_not_established() -> None:
+    """calibrate_model.sh:63-70 @091bbad: the default (Llama) quant config has an empty
+    blocklist; vllm_gaudi/attention/backends/hpu_attn.py:40,224: INC patches VLLMKVCache."""
+    cells = {c.id: c for c in load_matrix("nightly-g2").cells}
+    gaudi = backends.get("gaudi", {})
+    auto = gaudi.serve_command(cells["llama-3.1-8b/g2/tp1/fp8-kv-auto"], 8688, None, WORKDIR)
+    assert "WARNING kv_cache_dtype auto" in auto.description
+    fp8kv = gaudi.serve_command(cells["llama-3.1-8b/g2/tp1/fp8-kv-fp8_inc"], 8688, None, WORKDIR)
+    assert "WARNING" not in fp8kv.description

@@ -223,6 +223,9 @@ class GaudiServing(ServingPlans):
         argv += ["--served-model-name", self.served_name(cell)]
         argv += list(s.extra_args)
         where = f"{cell.nodes} nodes via Ray" if cell.multi_node else "one node"
+        kv_warning = stacks.bf16_kv_warning(cell)
+        if kv_warning:
+            note += f"; {kv_warning}"
         if cell.ep > 1 and stack.expert_parallel == "env":
             note += f"; EP {cell.ep} via VLLM_EP_SIZE (the fork's --enable-expert-parallel is on)"
         return Command(

@@ -199,3 +199,17 @@ def measured_with_expert_parallel(cell: Cell) -> bool:
     "deepseek" -> step 2 and 4 run with --expert-parallel."""
     name = str(cell.model.source).rstrip("/").rsplit("/", 1)[-1].lower()
     return cell.is_fp8 and cell.runs("calibration") and cell.tp > 1 and "deepseek" in name
+
+
+def bf16_kv_warning(cell: Cell) -> str | None:
+    """vllm-gaudi with kv_cache_dtype auto: INC patches the VLLMKVCache modules
+    (vllm_gaudi/attention/backends/hpu_attn.py:40,224 @091bbad) unless QUANT_CONFIG's blocklist
+    names them, and calibrate_model.sh's quant config (lines 63-70) blocklists none of them for
+    Llama (empty) or DeepSeek (lm_head, mlp.gate): a BF16 KV cache is not established."""
+    if profile(cell).name != "vllm-gaudi" or not cell.is_fp8 or cell.kv_cache_dtype != "auto":
+        return None
+    return (
+        "WARNING kv_cache_dtype auto: calibrate_model.sh's quant config does not blocklist the "
+        "KV-cache modules INC patches, so whether the KV cache stays BF16 is not established; "
+        "check the server log or give a QUANT_CONFIG that blocklists them"
+    )
