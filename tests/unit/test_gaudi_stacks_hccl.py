@@ -104,3 +104,14 @@ def test_the_checker_fails_on_a_bad_rank_and_reads_a_csv_when_the_log_has_no_fig
     out = capsys.readouterr().out
     assert "(csv)" in out and "data check: fine on 8 rank line(s)" in out
     assert main([str(tmp_path / "checks.log"), "--device", "g3"]) == 2
+
+
+def test_the_placement_covers_every_node_the_collectives_commands_name() -> None:
+    """stages/collectives.py asks ray_placement(cell, cell.nodes) and runs command.node in that
+    bundle (collectives/launch.py run_on_nodes): the 405B TP8 cell's node-1 command needs two."""
+    cell = next(c for c in load_matrix("nightly-g2").cells
+                if c.id == "llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc")
+    backend = GaudiBackend()
+    nodes = {c.node for c in backend.plan(cell, Stage.COLLECTIVES, Path("/w"))}
+    placement = backend.ray_placement(cell, cell.nodes)
+    assert nodes == {0, 1} and placement.nodes == 2 and len(placement.bundles) == 2

@@ -90,8 +90,10 @@ class GaudiPreflight:
 
     def ray_placement(self, cell: Cell, nodes: int | None = None) -> cluster.Placement:
         """One `{"HPU": 8}` bundle per node, STRICT_SPREAD (DESIGN: Ray and placement)."""
+        # never narrower than the cell's Ray work: a TP8 cell calibrated at TP16 runs its
+        # calibration and its collectives on two nodes (collectives_nodes)
         return cluster.Placement(
-            "HPU", CARDS_PER_NODE, nodes or cluster.nodes_needed(cell, CARDS_PER_NODE)
+            "HPU", CARDS_PER_NODE, max(nodes or 0, cluster.nodes_needed(cell, CARDS_PER_NODE))
         )
 
     def ray_cluster(self, cell: Cell) -> cluster.RayCluster:
