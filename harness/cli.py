@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,10 @@ SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    """Print the plan through pytest, so it is exactly what `pytest suites --plan` shows."""
+    """Print the plan through pytest, so it is exactly what `pytest suites --plan` shows;
+    `--json`: the same plan as data (one record per cell, argv lists) for users' tooling."""
+    if args.json:
+        return _plan_json(args)
     import pytest
 
     argv = [str(SUITES_DIR), "--plan", "-q", "-p", "no:cacheprovider", "--matrix", args.matrix]
@@ -25,6 +29,39 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.stages:
         argv += ["--stages", args.stages]
     return int(pytest.main(argv))
+
+
+def _plan_json(args: argparse.Namespace) -> int:
+    from harness import backends
+    from harness.matrix import load_matrix
+    from harness.options import check_selection
+    from harness.options import parse_globs
+    from harness.options import parse_stages
+    from harness.plan import render_plan_json
+
+    matrix = load_matrix(args.matrix)
+    try:
+        globs = parse_globs(args.cells) if args.cells else None
+        stages = parse_stages(args.stages) if args.stages else None
+    except argparse.ArgumentTypeError as exc:
+        raise HarnessError(str(exc)) from None
+    check_selection(matrix, globs, stages)
+    backend = backends.get(args.backend or matrix.backend)
+    pairs = [
+        (cell, stage)
+        for cell in matrix.cells
+        if not globs or any(fnmatch.fnmatchcase(cell.id, g) for g in globs)
+        for stage in cell.stages
+        if stages is None or stage in stages
+    ]
+    print(render_plan_json(pairs, backend, Path("reports") / "plan"))
+    return 0
+
+
+def _cmd_collectives(args: argparse.Namespace) -> int:
+    from harness.collectives import check
+
+    return check.main(args.args)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -158,7 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--backend", choices=("cpu", "gaudi"))
     plan.add_argument("--cells", metavar="GLOBS")
     plan.add_argument("--stages", metavar="STAGES")
+    plan.add_argument("--json", action="store_true", help="the plan as JSON records, per cell")
     plan.set_defaults(func=_cmd_plan)
+
+    coll = sub.add_parser(
+        "collectives", help="check hccl_demo output run by hand: `collectives check LOG...`"
+    )
+    coll.add_argument("action", choices=("check",))
+    coll.add_argument("args", nargs=argparse.REMAINDER, help="see `collectives check --help`")
+    coll.set_defaults(func=_cmd_collectives)
 
     validate = sub.add_parser("validate", help="Load a matrix and list its cells")
     validate.add_argument("--matrix", default="smoke-cpu", metavar="NAME|PATH")
@@ -230,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"harness {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `harness plan --json | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
