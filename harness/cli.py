@@ -7,9 +7,15 @@ import fnmatch
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
 from harness.options import parse_compare_check
+
+if TYPE_CHECKING:
+    from harness.cell import Cell
+    from harness.cell import Stage
+    from harness.matrix import Matrix
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
@@ -31,40 +37,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return int(pytest.main(argv))
 
 
-def _plan_json(args: argparse.Namespace) -> int:
-    from harness import backends
-    from harness.matrix import load_matrix
-    from harness.options import check_selection
-    from harness.options import parse_globs
-    from harness.options import parse_stages
-    from harness.plan import render_plan_json
-
-    matrix = load_matrix(args.matrix)
-    try:
-        globs = parse_globs(args.cells) if args.cells else None
-        stages = parse_stages(args.stages) if args.stages else None
-    except argparse.ArgumentTypeError as exc:
-        raise HarnessError(str(exc)) from None
-    check_selection(matrix, globs, stages)
-    backend = backends.get(args.backend or matrix.backend)
-    pairs = [
-        (cell, stage)
-        for cell in matrix.cells
-        if not globs or any(fnmatch.fnmatchcase(cell.id, g) for g in globs)
-        for stage in cell.stages
-        if stages is None or stage in stages
-    ]
-    print(render_plan_json(pairs, backend, Path("reports") / "plan"))
-    return 0
-
-
-def _cmd_collectives(args: argparse.Namespace) -> int:
-    from harness.collectives import check
-
-    return check.main(args.args)
-
-
-def _cmd_validate(args: argparse.Namespace) -> int:
+def _selection(args: argparse.Namespace) -> tuple[Matrix, list[Cell], tuple[Stage, ...] | None]:
+    """The matrix, the cells --cells selects and the --stages asked for (None: all); a glob
+    or stage list that selects nothing is an error naming it."""
     from harness.matrix import load_matrix
     from harness.options import check_selection
     from harness.options import parse_globs
@@ -79,8 +54,30 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     check_selection(matrix, globs, stages)
     cells = [c for c in matrix.cells if not globs or any(fnmatch.fnmatchcase(c.id, g)
                                                          for g in globs)]
+    return matrix, cells, stages
+
+
+def _plan_json(args: argparse.Namespace) -> int:
+    from harness import backends
+    from harness.plan import render_plan_json
+
+    matrix, cells, stages = _selection(args)
+    backend = backends.get(args.backend or matrix.backend)
+    pairs = [(c, s) for c in cells for s in c.stages if stages is None or s in stages]
+    print(render_plan_json(pairs, backend, Path("reports") / "plan"))
+    return 0
+
+
+def _cmd_collectives(args: argparse.Namespace) -> int:
+    from harness.collectives import check
+
+    return check.main(args.args)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    matrix, cells, _ = _selection(args)
     print(f"{matrix.path}: {len(matrix.cells)} cells, backend {matrix.backend}")
-    if globs:
+    if args.cells:
         print(f"  --cells {args.cells}: {len(cells)} of them")
     for cell in cells:
         print(f"  {cell.id}  stages: {', '.join(s.value for s in cell.stages)}")
