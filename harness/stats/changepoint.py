@@ -1,0 +1,68 @@
+"""Change points over a metric's history: where a nightly series shifted, found by `ruptures`.
+
+PELT with a least-squares cost on the series scaled by its robust noise (estimated from the
+spread of successive differences, so a step itself does not inflate it), and a BIC-like penalty
+of `PENALTY x log(n)`. Chosen over MongoDB's E-Divisive (`signal-processing-algorithms`) and
+Apache Otava by a comparison on synthetic nightly series (benchmarks/bench_stats.py): similar
+detection on steps of 5-10% at 3% noise, and ruptures installs beside numpy 2 and scipy 1.17
+while both others pin older numpy/scipy (and Otava pulls cloud clients).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+PENALTY = 3.0  # x log(n); false change points per 100-run steady series: benchmarks/bench_stats.py
+MIN_SIZE = 3  # a segment has at least this many runs
+MIN_POINTS = 2 * MIN_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePoint:
+    """The series moved at `index` (the first point of the new segment)."""
+
+    index: int
+    before: float  # median of the segment before
+    after: float  # median of the segment from index on
+
+    @property
+    def change_pct(self) -> float:
+        return math.nan if self.before == 0 else (self.after - self.before) / abs(self.before) * 100
+
+
+def robust_noise(values: Sequence[float]) -> float:
+    """Noise sd from successive differences (MAD-based): a few steps barely move it."""
+    diffs = np.diff(np.asarray(values, dtype=float))
+    if diffs.size == 0:
+        return 0.0
+    mad = float(np.median(np.abs(diffs - np.median(diffs))))
+    return 1.4826 * mad / math.sqrt(2)
+
+
+def change_points(
+    values: Sequence[float], *, penalty: float = PENALTY, min_size: int = MIN_SIZE
+) -> list[ChangePoint]:
+    """Where the series shifted in level, oldest first; fewer than 2 x min_size points: none."""
+    import ruptures
+
+    xs = np.asarray(values, dtype=float)
+    if xs.size < 2 * min_size or np.isnan(xs).any():
+        return []
+    sigma = robust_noise(xs)
+    if sigma == 0:
+        sigma = max(float(np.std(xs)), 1e-12 * max(1.0, float(np.abs(xs).max())))
+    scaled = (xs - float(np.median(xs))) / sigma
+    algo = ruptures.Pelt(model="l2", min_size=min_size, jump=1).fit(scaled.reshape(-1, 1))
+    ends = [int(e) for e in algo.predict(pen=penalty * math.log(xs.size))]
+    bounds = [0, *ends]
+    out = []
+    for start, cut, stop in zip(bounds, bounds[1:], bounds[2:], strict=False):
+        before = statistics.median(xs[start:cut].tolist())
+        after = statistics.median(xs[cut:stop].tolist())
+        out.append(ChangePoint(cut, before, after))
+    return out
