@@ -138,7 +138,8 @@ def migrate(engine: sa.Engine, target: int = SCHEMA_VERSION) -> int:
         if version > SCHEMA_VERSION:
             raise HistoryError(
                 f"{safe(engine.url)}: history schema version {version} is newer than this "
-                f"harness knows ({SCHEMA_VERSION}): upgrade the harness, or use another --history-db"
+                f"harness knows ({SCHEMA_VERSION}): upgrade the harness, or use another "
+                "--history-db"
             )
         for step_version, step in MIGRATIONS:
             if version < step_version <= target:

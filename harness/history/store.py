@@ -52,9 +52,9 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The metrics a series can hold: finite numbers, not booleans."""
     out = {}
     for name, value in metrics.items():
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if math.isfinite(float(value)):
-                out[name] = float(value)
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if numeric and math.isfinite(float(value)):
+            out[name] = float(value)
     return out
 
 

@@ -64,8 +64,8 @@ def safe(url: URL | str) -> str:
         try:
             url = make_url(url)
         except ArgumentError:
-            return url
-    return url.render_as_string(hide_password=True)
+            return str(url)
+    return str(url.render_as_string(hide_password=True))
 
 
 def create_engine(url: URL, timeout_s: float = 5.0) -> sa.Engine:

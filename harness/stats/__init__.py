@@ -81,5 +81,6 @@ __all__ = [
     "repeat_metrics",
     "summarize_repeats",
     "unpaired_accuracy_verdict",
+    "unpaired_difference",
     "wilson_interval",
 ]

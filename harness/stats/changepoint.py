@@ -14,6 +14,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class ChangePoint:
         return math.nan if self.before == 0 else (self.after - self.before) / abs(self.before) * 100
 
 
-def robust_noise(values: Sequence[float]) -> float:
+def robust_noise(values: Sequence[float] | np.ndarray[Any, Any]) -> float:
     """Noise sd from successive differences (MAD-based): a few steps barely move it."""
     diffs = np.diff(np.asarray(values, dtype=float))
     if diffs.size == 0:

@@ -47,12 +47,6 @@ def drop_vs_bf16_verdict(
     require_non_inferiority: bool = False,
 ) -> Verdict:
     """Judge FP8 against the first usable reference (the order above); none usable: unknown."""
-    opts = {
-        "alpha": alpha,
-        "metric": metric,
-        "cell": cell,
-        "require_non_inferiority": require_non_inferiority,
-    }
     notes: list[str] = []
     for ref in references:
         if ref is None:
@@ -60,18 +54,21 @@ def drop_vs_bf16_verdict(
         if ref.samples is not None and fp8_samples is not None:
             try:
                 return paired_accuracy_verdict(
-                    fp8_samples, ref.samples, max_drop, reference=ref.source, **opts
+                    fp8_samples, ref.samples, max_drop, reference=ref.source, alpha=alpha,
+                    metric=metric, cell=cell, require_non_inferiority=require_non_inferiority,
                 )
             except SamplesError as exc:
                 notes.append(f"not paired: {exc}")
         if ref.accuracy is not None and ref.accuracy.n > 0:
             source = "; ".join([ref.source, *notes])
             return unpaired_accuracy_verdict(
-                fp8_accuracy, ref.accuracy, max_drop, reference=source, **opts
+                fp8_accuracy, ref.accuracy, max_drop, reference=source, alpha=alpha,
+                metric=metric, cell=cell, require_non_inferiority=require_non_inferiority,
             )
         if ref.expected is not None:
             return expected_accuracy_verdict(
-                fp8_accuracy, ref.expected, max_drop, reference=ref.source, **opts
+                fp8_accuracy, ref.expected, max_drop, reference=ref.source, alpha=alpha,
+                metric=metric, cell=cell, require_non_inferiority=require_non_inferiority,
             )
     twin = f" {bf16_cell}" if bf16_cell else ""
     return missing_reference(

@@ -88,4 +88,6 @@ def combine_repeats(
     return out
 
 
-_COUNTS = frozenset({"completed", "failed", "num_prompts", "total_input_tokens", "total_output_tokens"})
+_COUNTS = frozenset(
+    {"completed", "failed", "num_prompts", "total_input_tokens", "total_output_tokens"}
+)
