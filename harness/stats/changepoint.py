@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-PENALTY = 3.0  # x log(n); false change points per 100-run steady series: benchmarks/bench_stats.py
+PENALTY = 2.0  # x log(n): 0.07 false change points per 100 steady runs (bench_stats.py)
 MIN_SIZE = 3  # a segment has at least this many runs
 MIN_POINTS = 2 * MIN_SIZE
 

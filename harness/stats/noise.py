@@ -19,8 +19,8 @@ from typing import Literal
 from harness.stats.verdict import Verdict
 
 Bad = Literal["drop", "rise"]
-WINDOW = 10  # last K passing runs
-Z = 3.5  # band half-width in robust standard deviations (figures: benchmarks/bench_stats.py)
+WINDOW = 20  # last K passing runs (K=10: 2.2 false alarms per 100 runs at z 3.5; K=20: 0.5)
+Z = 3.5  # band half-width in robust standard deviations (benchmarks/bench_stats.py)
 MIN_POINTS = 5  # fewer earlier runs than this: the noise is not learned yet
 MAD_TO_SD = 1.4826
 
