@@ -206,7 +206,7 @@ def section_accuracy(reps: int) -> None:
             what = "type-I" if drop == 0 else "power"
             print(
                 f"  {n:>5} {drop * 100:4.0f}pt   {paired / reps * 100:13.1f}%   "
-                f"{unpaired / reps * 100:19.1f}%   ({what}, one-sided FP8-worse at alpha 0.05)"
+                f"{unpaired / reps * 100:19.1f}%   ({what}: FP8 judged worse at alpha 0.05)"
             )
 
 

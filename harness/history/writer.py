@@ -37,7 +37,7 @@ class HistoryWriter:
         self._context: Mapping[str, Any] | None = None
         self._source_dir: Path | str = ""
         self._run_stored = False
-        self.failed = 0
+        self.failed = 0  # records (the run context, results) not written
         self.stored = 0
         self.first_error = ""
         self._consecutive = 0
@@ -48,8 +48,7 @@ class HistoryWriter:
             self._history = History.open(self._url, self._timeout_s)
         return self._history
 
-    def _failure(self, exc: HistoryError, what: str) -> bool:
-        self.failed += 1
+    def _failure(self, exc: HistoryError, what: str) -> None:
         self._consecutive += 1
         if self._consecutive >= GIVE_UP_AFTER:
             self._gave_up = True  # a silent server must not cost a timeout per result
@@ -59,39 +58,39 @@ class HistoryWriter:
                 f"harness: history not written ({what}): {exc}; results.jsonl has everything, "
                 "load it later with `harness history import <run dir>`"
             )
-        return False
 
     def record_run(self, context: Mapping[str, Any], source_dir: Path | str = "") -> bool:
         """Store the run's context line; kept and retried before results if it failed."""
         self._context, self._source_dir = context, source_dir
-        return self._store_run()
+        stored = self._store_run()
+        self.failed += not stored
+        return stored
 
     def _store_run(self) -> bool:
-        if self._context is None:
+        if self._context is None or self._gave_up:
             return False
         try:
             self._db().record_run(self._context, self._source_dir)
         except HistoryError as exc:
-            return self._failure(exc, "run context")
+            self._failure(exc, "run context")
+            return False
         self._run_stored = True
         self._consecutive = 0
         return True
 
     def record_result(self, run_id: str, result: StageResult) -> bool:
         """Store one stage result (after its line is in results.jsonl)."""
-        if self._gave_up:
-            self.failed += 1
-            return False
-        if not self._run_stored and not self._store_run():
-            self.failed += 1  # the result is not written either
-            return False
-        try:
-            self._db().record_result(run_id, result)
-        except HistoryError as exc:
-            return self._failure(exc, f"{result.cell} {result.stage}")
-        self.stored += 1
-        self._consecutive = 0
-        return True
+        if not self._gave_up and (self._run_stored or self._store_run()):
+            try:
+                self._db().record_result(run_id, result)
+            except HistoryError as exc:
+                self._failure(exc, f"{result.cell} {result.stage}")
+            else:
+                self.stored += 1
+                self._consecutive = 0
+                return True
+        self.failed += 1
+        return False
 
     def close(self, run_dir: Path | str = "") -> str | None:
         """Release the database; a one-line summary when anything was not written."""
@@ -102,6 +101,6 @@ class HistoryWriter:
             return None
         where = run_dir or "<run dir>"
         return (
-            f"history: {self.failed} write(s) to {self.url} failed ({self.first_error}); "
+            f"history: {self.failed} record(s) not written to {self.url} ({self.first_error}); "
             f"results.jsonl is complete: run `harness history import {where}` when it is back"
         )
