@@ -62,8 +62,12 @@ def _pct(x: float) -> str:
     return f"{x * 100:.1f}"
 
 
-def _ci(drop: Interval) -> str:
-    return f"95% CI {_pct(drop.low)} to {_pct(drop.high)}"
+def _change(drop: Interval) -> str:
+    """FP8 minus BF16 in points with its interval, e.g. `-3.2 points (95% CI -6.0 to -0.4)`."""
+    return (
+        f"FP8 - BF16 = {-drop.point * 100:+.1f} points "
+        f"(95% CI {-drop.high * 100:+.1f} to {-drop.low * 100:+.1f})"
+    )
 
 
 def interval_verdict(
@@ -130,9 +134,9 @@ def paired_accuracy_verdict(
     status, why = _decide(worse, drop, max_drop, require_non_inferiority)
     message = (
         f"{cell}: {metric} FP8 {c.fp8_rate:.4g} vs BF16 {c.bf16_rate:.4g} on the same "
-        f"{c.n} problems: drop {_pct(drop.point)} points ({_ci(drop)}), {c.bf16_only} solved "
+        f"{c.n} problems: {_change(drop)}, {c.bf16_only} solved "
         f"only by BF16, {c.fp8_only} only by FP8, exact McNemar p={test.p_value:.3g}: {why} "
-        f"(allowed {_pct(max_drop)}; reference: {reference})"
+        f"(allowed drop {_pct(max_drop)} points; reference: {reference})"
     )
     details: dict[str, float | int | str] = {
         "test": "paired",
@@ -165,8 +169,8 @@ def unpaired_accuracy_verdict(
     status, why = _decide(drop.low > 0, drop, max_drop, require_non_inferiority)
     message = (
         f"{cell}: {metric} FP8 {fp8.value:.4g} (n={fp8.n}) vs BF16 {bf16.value:.4g} "
-        f"(n={bf16.n}), unpaired: drop {_pct(drop.point)} points ({_ci(drop)}): {why} "
-        f"(allowed {_pct(max_drop)}; reference: {reference})"
+        f"(n={bf16.n}), unpaired: {_change(drop)}: {why} "
+        f"(allowed drop {_pct(max_drop)} points; reference: {reference})"
     )
     details: dict[str, float | int | str] = {
         "test": "unpaired",
@@ -196,7 +200,7 @@ def expected_accuracy_verdict(
     status, why = _decide(drop.low > 0, drop, max_drop, require_non_inferiority)
     message = (
         f"{cell}: {metric} FP8 {ci.point:.4g} (n={fp8.n}) vs expected BF16 {expected:.4g}: "
-        f"drop {_pct(drop.point)} points ({_ci(drop)}): {why} (allowed {_pct(max_drop)}; "
+        f"{_change(drop)}: {why} (allowed drop {_pct(max_drop)} points; "
         f"reference: {reference})"
     )
     details: dict[str, float | int | str] = {

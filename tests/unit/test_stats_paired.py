@@ -108,3 +108,16 @@ def test_unpaired_difference_interval_covers_the_true_drop_by_simulation():
         bf16 = stats.Proportion(int(rng.binomial(250, 0.75)), 250)
         covered += stats.unpaired_difference(fp8, bf16).contains(-0.03)
     assert 0.93 <= covered / 2000 <= 0.98
+
+
+REAL = SAMPLES / "real"
+
+
+def test_recorded_real_run_pairs_fp8_and_bf16_per_problem():
+    fp8, bf16 = stats.load_samples(REAL / "samples_fp8.jsonl"), stats.load_samples(REAL / "samples_bf16.jsonl")
+    counts = stats.pair(fp8, bf16)
+    assert (counts.n, counts.fp8_rate, counts.bf16_rate) == (100, 0.79, 0.77)
+    assert (counts.fp8_only, counts.bf16_only) == (2, 0)
+    verdict = stats.paired_accuracy_verdict(fp8, bf16, max_drop=0.05)
+    assert verdict.status == "passed"
+    assert "FP8 - BF16 = +2.0 points" in verdict.message
