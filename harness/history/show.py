@@ -68,14 +68,21 @@ def render_series(found: Mapping[str, Sequence[Point]], metric: str) -> str:
         lines.append(
             f"  {'run':<28} {'started':<26} {'commit':<14} {'status':<8} {'value':>12}  change"
         )
-        prev: float | None = None
+        prev: Point | None = None
         for p in points:
-            change = "" if prev in (None, 0) else f"{(p.value - prev) / abs(prev) * 100:+.1f}%"
+            if prev is not None:
+                moved = differences(_context(prev), _context(p))
+                if moved:  # say what differs rather than mix runs silently
+                    lines.append(f"  -- from here: {', '.join(moved)}")
+            change = (
+                "" if prev is None or prev.value == 0
+                else f"{(p.value - prev.value) / abs(prev.value) * 100:+.1f}%"
+            )
             lines.append(
                 f"  {p.run_id:<28} {p.started:<26} {p.commit or '-':<14} {p.status:<8} "
                 f"{p.value:>12.5g}  {change}"
             )
-            prev = p.value
+            prev = p
         lines.append("")
     changes = change_lines(found)
     lines.append("change points:" if changes else "change points: none found")

@@ -92,6 +92,17 @@ class HistoryWriter:
         self.failed += 1
         return False
 
+    def reader(self) -> History | None:
+        """The same database for the gates' queries; None (after the one warning) when it is
+        unusable, so a gate records `unknown` rather than the run failing."""
+        if self._gave_up:
+            return None
+        try:
+            return self._db()
+        except HistoryError as exc:
+            self._failure(exc, "baseline queries")
+            return None
+
     def close(self, run_dir: Path | str = "") -> str | None:
         """Release the database; a one-line summary when anything was not written."""
         if self._history is not None:

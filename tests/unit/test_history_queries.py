@@ -123,17 +123,19 @@ def test_history_import_then_show_on_the_command_line(
 ):
     for day in (1, 2):
         write_run(reports, _run_id(day), throughput=100.0 + day)
+    write_run(reports, _run_id(3), throughput=90.0, versions={**VERSIONS, "vllm": "0.33.0"})
     (reports / "README.md").write_text("runs\n")
     db = str(reports / "history.sqlite")
     assert main(["history", "import", str(reports / "*"), "--db", db]) == 0
-    assert "imported 2 new run(s)" in capsys.readouterr().out
+    assert "imported 3 new run(s)" in capsys.readouterr().out
     assert main(["history", "import", str(reports / "*"), "--db", db]) == 0
-    assert "0 new run(s) (2 already stored)" in capsys.readouterr().out
+    assert "0 new run(s) (3 already stored)" in capsys.readouterr().out
     plot = tmp_path / "plot.png"
     args = ["history", "show", "--cell", "*fp8*", "--metric", METRIC, "--db", db]
     assert main([*args, "--last", "5", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
-    assert f"{FP8}  {METRIC}  (2 run(s))" in out and "+1.0%" in out
+    assert f"{FP8}  {METRIC}  (3 run(s))" in out and "+1.0%" in out
+    assert "-- from here: vllm 0.32.0 -> 0.33.0" in out
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
