@@ -58,12 +58,17 @@ def _stretches(points: Sequence[Point]) -> list[list[Point]]:
     return out
 
 
-def render_series(found: Mapping[str, Sequence[Point]], metric: str) -> str:
-    """A plain-text table per cell: run, start, commit, status, value, change vs previous."""
+def render_series(
+    found: Mapping[str, Sequence[Point]], metric: str, last: int | None = None
+) -> str:
+    """A plain-text table per cell (the `last` N runs): run, start, commit, status, value and
+    change vs the previous run; then the change points, found over the whole series (a cut
+    series would move a shift near its start)."""
     if not found:
         return f"no values of {metric} for these cells in the history\n"
     lines: list[str] = []
-    for cell, points in found.items():
+    for cell, everything in found.items():
+        points = everything[-last:] if last else everything
         lines.append(f"{cell}  {metric}  ({len(points)} run(s))")
         lines.append(
             f"  {'run':<28} {'started':<26} {'commit':<14} {'status':<8} {'value':>12}  change"

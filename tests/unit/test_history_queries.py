@@ -148,6 +148,15 @@ def test_a_corrupt_run_makes_import_exit_1_naming_the_file(
     assert f"not imported: {run / 'results.jsonl'}:1: not JSON" in capsys.readouterr().out
 
 
+def test_show_on_a_missing_database_says_to_import_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    db = tmp_path / "nope.sqlite"
+    assert main(["history", "show", "--cell", "*", "--metric", "m", "--db", str(db)]) == 2
+    assert "harness history import reports/*" in capsys.readouterr().err
+    assert not db.exists()
+
+
 def test_an_unusable_database_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]):
     assert main(["history", "show", "--cell", "*", "--metric", "m", "--db", "mysql://x/y"]) == 2
     err = capsys.readouterr().err
