@@ -15,18 +15,48 @@ SQLite by default (`reports/history.sqlite`), PostgreSQL for a fleet; one schema
 table and migrations (migrate.py). results.jsonl stays the per-run record of truth.
 """
 
-from harness.history.context import RunContext
-from harness.history.context import differences
-from harness.history.context import local_fingerprint
-from harness.history.importer import ImportSummary
-from harness.history.importer import import_runs
-from harness.history.query import Point
-from harness.history.query import StoredResult
-from harness.history.store import History
-from harness.history.url import HistoryError
-from harness.history.url import default_url
-from harness.history.url import parse_url
-from harness.history.writer import HistoryWriter
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+from typing import Any
+
+if TYPE_CHECKING:
+    from harness.history.context import RunContext
+    from harness.history.context import differences
+    from harness.history.context import local_fingerprint
+    from harness.history.importer import ImportSummary
+    from harness.history.importer import import_runs
+    from harness.history.query import Point
+    from harness.history.query import StoredResult
+    from harness.history.store import History
+    from harness.history.url import HistoryError
+    from harness.history.url import default_url
+    from harness.history.url import parse_url
+    from harness.history.writer import HistoryWriter
+
+# loaded on first use: `harness --help` and `harness plan` need no SQLAlchemy
+_LAZY = {
+    "History": "harness.history.store",
+    "HistoryError": "harness.history.url",
+    "HistoryWriter": "harness.history.writer",
+    "ImportSummary": "harness.history.importer",
+    "Point": "harness.history.query",
+    "RunContext": "harness.history.context",
+    "StoredResult": "harness.history.query",
+    "default_url": "harness.history.url",
+    "differences": "harness.history.context",
+    "import_runs": "harness.history.importer",
+    "local_fingerprint": "harness.history.context",
+    "parse_url": "harness.history.url",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'harness.history' has no attribute {name!r}")
+
 
 __all__ = [
     "History",

@@ -9,8 +9,6 @@ import argparse
 import glob
 from pathlib import Path
 
-from harness.history.url import default_url
-
 _EXAMPLES = """\
 examples:
   %(prog)s import reports/*
@@ -21,6 +19,8 @@ examples:
 
 
 def _default_db() -> str:
+    from harness.history.url import default_url
+
     return default_url(Path("reports"))
 
 
