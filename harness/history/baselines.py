@@ -13,6 +13,7 @@ as an error that costs the run.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from harness.cell import bf16_twin_id
 from harness.history.context import RunContext
+from harness.history.context import differences
 from harness.history.store import History
 from harness.history.url import HistoryError
 from harness.results import StageResult
@@ -97,6 +99,30 @@ def history_reference(
     return Bf16Reference(source, samples, accuracy)
 
 
+def differs_note(history: History | None, cell: str, metric: str, like: RunContext) -> str:
+    """Why an earlier run of `cell` was not comparable: what differs from this run, if any."""
+    if history is None:
+        return ""
+    try:
+        found = history.series(cell, metric, 1, before_run=like.run_id).get(cell, [])
+    except HistoryError:
+        return ""
+    if not found:
+        return ""
+    p = found[-1]
+    other = RunContext(p.run_id, host_class=p.host_class, device=p.device, versions=p.versions)
+    moved = differences(other, like)
+    if not moved:
+        return ""
+    return f"; the last run of {cell} ({p.run_id}) is not comparable: {', '.join(moved)}"
+
+
+def _with_note(verdict: Verdict, note: str) -> Verdict:
+    if verdict.status != "unknown" or not note:
+        return verdict
+    return dataclasses.replace(verdict, message=verdict.message + note)
+
+
 def fp8_accuracy_verdict(
     fp8: StageResult,
     twin: StageResult | None,
@@ -122,7 +148,7 @@ def fp8_accuracy_verdict(
         history_reference(history, fp8.cell, like, name),
         None if expected is None else Bf16Reference("matrix expected", expected=expected),
     ]
-    return drop_vs_bf16_verdict(
+    verdict = drop_vs_bf16_verdict(
         accuracy,
         samples_of(fp8.metrics, fp8.artifacts, run_dir, name),
         references,
@@ -132,6 +158,7 @@ def fp8_accuracy_verdict(
         metric=metric,
         require_non_inferiority=require_non_inferiority,
     )
+    return _with_note(verdict, differs_note(history, bf16_cell, metric, like))
 
 
 def history_regressions(
@@ -164,8 +191,11 @@ def history_regressions(
             )
         except HistoryError:
             history_values = []
-        verdicts.append(
-            regression_verdict(key, float(value), history_values, floor_pct=abs(floor),
-                               cell=result.cell, reference=f"history of {like.host_class}")
+        verdict = regression_verdict(
+            key, float(value), history_values, floor_pct=abs(floor), cell=result.cell,
+            reference=f"history of {like.host_class}",
         )
+        if not history_values:
+            verdict = _with_note(verdict, differs_note(history, result.cell, key, like))
+        verdicts.append(verdict)
     return verdicts

@@ -90,6 +90,25 @@ def test_with_no_twin_and_no_history_the_matrix_expected_value_is_used(tmp_path:
     assert BF16 in unknown.message
 
 
+def test_an_unknown_verdict_says_what_differs_in_the_runs_it_could_not_use(
+    tmp_path: Path, history: History
+):
+    reports = tmp_path / "reports"
+    import_runs(history, [
+        write_run(reports, "20261201-010000-000-aaaa"),
+        write_run(reports, "20261202-010000-000-aaaa", versions={"vllm": "0.33.0"}),
+    ])
+    like = _like(history, "20261202-010000-000-aaaa")
+    fp8 = StageResult(FP8, "accuracy", "passed", metrics={"exact_match_strict": 0.8, "samples": 40})
+    verdict = fp8_accuracy_verdict(fp8, None, tmp_path, history, like, 0.02)
+    assert verdict.status == "unknown"
+    assert "(20261201-010000-000-aaaa) is not comparable: lm_eval 0.4.13 -> absent" in verdict.message
+    assert "vllm 0.32.0 -> 0.33.0" in verdict.message
+    tp = StageResult(FP8, "throughput", "passed", metrics={"output_throughput@c1": 99.0})
+    (regression,) = history_regressions(history, tp, like, {"throughput.output_throughput@*": 5})
+    assert regression.status == "unknown" and "vllm 0.32.0 -> 0.33.0" in regression.message
+
+
 def test_a_failed_twin_is_no_reference(tmp_path: Path):
     run = write_run(tmp_path / "reports", "20261201-010000-000-aaaa", status="failed")
     acc = _results(run)
