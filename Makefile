@@ -8,7 +8,7 @@ STAMP := $(VENV)/.install-stamp
 MATRIX ?= smoke-cpu
 PYTEST_ARGS ?=
 
-.PHONY: install test unit qualify plan lint clean-venv
+.PHONY: install chromium test unit qualify plan lint clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,18 @@ $(STAMP): pyproject.toml harness/install_fixes.py | $(PY)
 	$(PY) -m harness.install_fixes
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# Debian's chromium for the report's browser tests (no browser download at run time); skipped
+# when it is there. Needs root or sudo, as apt-get does.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	else $$( [ "$$(id -u)" = 0 ] || echo sudo ) sh -c 'apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium'; fi
 
 test: install
 	$(PY) -m ruff check harness suites tests benchmarks conftest.py
+	$(PY) -m mypy
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests $(PYTEST_ARGS)
 
 unit: install

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from enum import StrEnum
 from typing import Any
 
+from harness.devices import ranks
+from harness.gates import GateSpec
 from harness.settings import StageSettings
 
 
@@ -85,7 +88,7 @@ class Cell:
     kv_cache_dtype: str = "auto"
     quantization: str = "bf16"
     stages: tuple[Stage, ...] = STAGE_ORDER
-    gates: dict[str, dict[str, float]] = field(default_factory=dict, hash=False, compare=False)
+    gates: Mapping[str, GateSpec] = field(default_factory=dict, hash=False, compare=False)
     settings: StageSettings = field(default=DEFAULT_SETTINGS, hash=False, compare=False)
     backend_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     index: int = field(default=0, compare=False)
@@ -106,8 +109,7 @@ class Cell:
     @property
     def world_size(self) -> int:
         """Ranks the cell runs on: TP x PP, times the DP factor expert parallelism adds."""
-        dp = self.ep // self.tp if self.ep > self.tp else 1
-        return self.tp * self.pp * dp
+        return ranks(self.tp, self.pp, self.ep)
 
     @property
     def is_fp8(self) -> bool:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from pathlib import Path
 
-from harness.compare import parse_compare_fail
 from harness.errors import HarnessError
+from harness.options import parse_compare_check
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
@@ -28,10 +29,23 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from harness.matrix import load_matrix
+    from harness.options import check_selection
+    from harness.options import parse_globs
+    from harness.options import parse_stages
 
     matrix = load_matrix(args.matrix)
+    try:
+        globs = parse_globs(args.cells) if args.cells else None
+        stages = parse_stages(args.stages) if args.stages else None
+    except argparse.ArgumentTypeError as exc:
+        raise HarnessError(str(exc)) from None
+    check_selection(matrix, globs, stages)
+    cells = [c for c in matrix.cells if not globs or any(fnmatch.fnmatchcase(c.id, g)
+                                                         for g in globs)]
     print(f"{matrix.path}: {len(matrix.cells)} cells, backend {matrix.backend}")
-    for cell in matrix.cells:
+    if globs:
+        print(f"  --cells {args.cells}: {len(cells)} of them")
+    for cell in cells:
         print(f"  {cell.id}  stages: {', '.join(s.value for s in cell.stages)}")
     return 0
 
@@ -48,6 +62,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     path = store.root / run_id / "results.jsonl"
     if not path.is_file():
         raise HarnessError(f"{path}: no such run; runs: {', '.join(store.runs()) or 'none'}")
+    if args.html:
+        from harness.report.html import write_html
+        from harness.report.qualification import earlier_runs
+        from harness.report.qualification import load_run
+
+        try:
+            run = load_run(store, run_id)
+            print(write_html(run, earlier_runs(store, run), path.parent))
+        except OSError as exc:
+            raise HarnessError(f"{path.parent}: cannot read or write the report ({exc})") from None
+        return 0
     if args.qualification:
         from harness.report import qualification
 
@@ -57,6 +82,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return 0
     context = next((r for r in read_records(path) if r.get("kind") == "run"), {})
     print(render_summary(store.load(run_id), str(context.get("matrix_name", "?")), run_id), end="")
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from harness.report.dashboard import DEFAULT_METRICS
+    from harness.report.dashboard import build_dashboard
+    from harness.report.dashboard_source import default_change_points
+    from harness.report.dashboard_source import open_source
+
+    source = open_source(args.db, Path(args.results_dir))
+    metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
+    index = build_dashboard(source, Path(args.output), args.cells, metrics,
+                            default_change_points())
+    print(index)
     return 0
 
 
@@ -80,9 +119,34 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise HarnessError(
                 f"{args.results_dir}: no run {run_id!r} (runs: {', '.join(runs) or 'none'})"
             )
+    from harness.options import compare_fail_problem
+
+    problem = compare_fail_problem(args.compare_fail, store.root, args.base)
+    if problem:
+        raise HarnessError(problem)
     deltas = compare(store.load(args.base), store.load(args.run), args.compare_fail)
     print(render_compare(deltas, args.base, args.run), end="")
     return 1 if any(d.failure for d in deltas) else 0
+
+
+def _cmd_leftovers(args: argparse.Namespace) -> int:
+    """Processes of crashed runs (harness gone, group left): list them, or stop them."""
+    from harness import process_registry
+
+    directory = Path(args.dir) if args.dir else None
+    if args.stop:
+        stopped = process_registry.reap_leftovers(directory)
+        for lo in stopped:
+            print(lo.describe())
+        print(f"{len(stopped)} leftover group(s) stopped")
+        return 0
+    found = [lo for lo in process_registry.find_leftovers(directory) if lo.pids]
+    for lo in found:
+        print(f"group {lo.pgid} (pids {', '.join(map(str, lo.pids))}) of crashed "
+              f"{'run ' + lo.run_id if lo.run_id else f'harness pid {lo.owner_pid}'}: "
+              f"{' '.join(lo.argv)[:120]}")
+    print(f"{len(found)} leftover group(s); `harness leftovers --stop` stops them")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="Load a matrix and list its cells")
     validate.add_argument("--matrix", default="smoke-cpu", metavar="NAME|PATH")
+    validate.add_argument("--cells", metavar="GLOBS", help="check that these globs select cells")
+    validate.add_argument("--stages", metavar="STAGES", help="check that the cells run these")
     validate.set_defaults(func=_cmd_validate)
 
     report = sub.add_parser("report", help="Print the Markdown summary of a run (default: latest)")
@@ -109,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sign-off report instead: verdict, run context, every gate, FP8 against BF16, "
         "emulations, trend over earlier runs (rewrites report.md and trend.png of the run)",
     )
+    report.add_argument(
+        "--html",
+        action="store_true",
+        help="write the run's report.html (self-contained, opens offline) and print its path",
+    )
     report.set_defaults(func=_cmd_report)
 
     comp = sub.add_parser(
@@ -118,13 +189,30 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("run", help="Run id to judge")
     comp.add_argument("--results-dir", default="reports", metavar="DIR")
     comp.add_argument(
-        "--compare-fail", type=parse_compare_fail, action="append", default=[], metavar="SPEC"
+        "--compare-fail", type=parse_compare_check, action="append", default=[], metavar="SPEC"
     )
     comp.set_defaults(func=_cmd_compare)
+
+    dash = sub.add_parser(
+        "dashboard", help="Write a static history site (runs by matrix, trends) to a directory"
+    )
+    dash.add_argument("-o", "--output", required=True, metavar="DIR")
+    dash.add_argument("--results-dir", default="reports", metavar="DIR")
+    dash.add_argument("--db", metavar="URL", help="read the history database instead")
+    dash.add_argument("--cells", default="*", metavar="GLOB")
+    dash.add_argument("--metrics", metavar="GLOBS", help="stage.metric globs, comma-separated")
+    dash.set_defaults(func=_cmd_dashboard)
 
     runs = sub.add_parser("runs", help="List stored runs, oldest first")
     runs.add_argument("--results-dir", default="reports", metavar="DIR")
     runs.set_defaults(func=_cmd_runs)
+
+    left = sub.add_parser(
+        "leftovers", help="Processes crashed runs left behind (verified, never by name)"
+    )
+    left.add_argument("--stop", action="store_true", help="stop them (SIGTERM, then SIGKILL)")
+    left.add_argument("--dir", metavar="DIR", help="the process records (default: per user)")
+    left.set_defaults(func=_cmd_leftovers)
 
     try:
         from harness.measurements.cli import add_subparser

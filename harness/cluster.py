@@ -91,6 +91,8 @@ def _facts_function() -> Callable[[dict[str, Any]], dict[str, Any]]:
             "executable": sys.executable,
             "cores": len(os.sched_getaffinity(0)),
             "env": {k: os.environ.get(k) for k in spec.get("env", [])},
+            # required names: whether they are set, never their values (tokens stay here)
+            "env_set": {k: bool(os.environ.get(k)) for k in spec.get("env_set", [])},
             "packages": {},
             "modules": {},
             "commands": {},
@@ -108,7 +110,7 @@ def _facts_function() -> Callable[[dict[str, Any]], dict[str, Any]]:
             facts["paths"][name] = os.path.exists(path)
         for name in spec.get("env_paths", []):  # env vars naming files, e.g. QUANT_CONFIG
             value = os.environ.get(name)
-            facts["paths"][f"${name}"] = bool(value) and os.path.exists(value)
+            facts["paths"][f"${name}"] = value is not None and os.path.exists(value)
         gov = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
         try:
             with open(gov) as fh:
@@ -248,7 +250,9 @@ class RayCluster:
         finally:
             remove_placement_group(group)
 
-    def node_facts(self, spec: dict[str, Any], timeout_s: float = 120.0) -> dict[str, dict]:
+    def node_facts(
+        self, spec: dict[str, Any], timeout_s: float = 120.0
+    ) -> dict[str, dict[str, Any]]:
         """The probe on every alive node (a task pinned to each), keyed by 'ip/node-id'."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

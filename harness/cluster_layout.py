@@ -13,6 +13,8 @@ from dataclasses import field
 from typing import Any
 
 from harness.cell import Cell
+from harness.devices import nodes_for
+from harness.devices import ranks
 from harness.errors import HarnessError
 from harness.process import Command
 
@@ -69,7 +71,9 @@ class ClusterFigures:
 
 def figures_from_nodes(nodes: list[dict[str, Any]]) -> ClusterFigures:
     """Figures from `ray.nodes()` plus `available` per node (ray.state's per-node view)."""
-    out, total, used = [], {}, {}
+    out: list[NodeFigures] = []
+    total: dict[str, float] = {}
+    used: dict[str, float] = {}
     for node in nodes:
         res = {k: float(v) for k, v in node.get("Resources", {}).items() if _plain(k)}
         # a resource missing from the available view is fully used (placement groups hold it)
@@ -178,8 +182,7 @@ def nodes_needed(cell: Cell, cards_per_node: int) -> int:
     if cell.is_fp8 and cell.runs("calibration"):
         cal = cell.settings.calibration
         tp, ep = cal.calibrate_tp or cell.tp, cal.calibrate_ep or cell.ep
-        world = tp * cell.pp * (ep // tp if ep > tp else 1)
-        nodes = max(nodes, -(-world // cards_per_node))
+        nodes = max(nodes, nodes_for(ranks(tp, cell.pp, ep), cards_per_node))
     return nodes
 
 

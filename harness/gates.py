@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from pydantic import BaseModel
 from pydantic import ConfigDict
@@ -57,6 +58,14 @@ def merge_gates(base: Mapping[str, GateSpec], extra: Mapping[str, GateSpec]) -> 
     return merged
 
 
+class GateStatus(StrEnum):
+    """A gate passed, failed, or could not be evaluated (its reference is missing)."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    UNKNOWN = "unknown"  # never a pass: a run with one is not QUALIFIED
+
+
 @dataclass(frozen=True, slots=True)
 class GateOutcome:
     """One gate applied to one metric value."""
@@ -66,15 +75,36 @@ class GateOutcome:
     passed: bool
     bound: str
     message: str
+    status: GateStatus | None = None  # derived from `passed` unless UNKNOWN is given
+    missing: str = ""  # UNKNOWN: which reference was missing and how to provide one
+
+    def __post_init__(self) -> None:
+        if self.status is None:
+            derived = GateStatus.PASSED if self.passed else GateStatus.FAILED
+            object.__setattr__(self, "status", derived)
+        if self.status is GateStatus.UNKNOWN and self.passed:
+            raise ValueError("an unknown gate is never a pass")
+
+    @property
+    def unknown(self) -> bool:
+        return self.status is GateStatus.UNKNOWN
+
+    @property
+    def failed(self) -> bool:
+        return self.status is GateStatus.FAILED
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "metric": self.metric,
             "value": self.value,
             "passed": self.passed,
+            "status": str(self.status),
             "bound": self.bound,
             "message": self.message,
         }
+        if self.missing:
+            out["missing"] = self.missing
+        return out
 
 
 def gate_for(metric: str, gates: Mapping[str, GateSpec]) -> GateSpec | None:
@@ -91,8 +121,14 @@ def evaluate(
     metrics: Mapping[str, float],
     gates: Mapping[str, GateSpec],
     bf16_metrics: Mapping[str, float] | None = None,
+    *,
+    is_bf16: bool = False,
+    bf16_missing: str = "",
 ) -> list[GateOutcome]:
-    """Apply every gate of `stage` to the stage's metrics; a gated metric that is absent fails."""
+    """Apply every gate of `stage` to the stage's metrics; a gated metric that is absent fails.
+
+    `max_drop_vs_bf16` does not apply to a BF16 cell (`is_bf16`: it is the reference); for any
+    other cell without `bf16_metrics` it is UNKNOWN, with `bf16_missing` saying why."""
     outcomes: list[GateOutcome] = []
     prefix = f"{stage}."
     gated = {k for k in gates if k.startswith(prefix)}
@@ -103,7 +139,9 @@ def evaluate(
         if spec is None or not isinstance(value, int | float):
             continue
         covered.add(key if key in gates else key.split("@", 1)[0])
-        outcomes.extend(_check(cell_id, key, float(value), spec, bf16_metrics, name))
+        outcomes.extend(
+            _check(cell_id, key, float(value), spec, bf16_metrics, name, is_bf16, bf16_missing)
+        )
     for missing in sorted(gated - covered):
         outcomes.append(
             GateOutcome(
@@ -120,6 +158,8 @@ def _check(
     spec: GateSpec,
     bf16: Mapping[str, float] | None,
     name: str,
+    is_bf16: bool,
+    bf16_missing: str,
 ) -> list[GateOutcome]:
     out = []
     lower = spec.lower
@@ -129,11 +169,18 @@ def _check(
     if spec.max is not None:
         ok = value <= spec.max
         out.append(_outcome(cell_id, key, value, ok, f"<= {spec.max:g}"))
-    if spec.max_drop_vs_bf16 is not None:
+    if spec.max_drop_vs_bf16 is not None and not is_bf16:
         if bf16 is None or name not in bf16:
+            missing = bf16_missing or "the BF16 twin's result"
             out.append(
                 GateOutcome(
-                    key, value, True, "vs bf16", f"{cell_id}: {key}: no BF16 cell to compare"
+                    key,
+                    value,
+                    False,
+                    "vs bf16",
+                    f"{cell_id}: {key}: UNKNOWN, not evaluated: no BF16 reference ({missing})",
+                    GateStatus.UNKNOWN,
+                    missing,
                 )
             )
         else:

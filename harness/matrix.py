@@ -16,14 +16,22 @@ from pydantic import ValidationError
 from pydantic import field_validator
 
 from harness.cell import FP8_ONLY_STAGES
-from harness.cell import STAGE_NAMES
 from harness.cell import Cell
 from harness.cell import ModelFacts
 from harness.cell import Stage
 from harness.cell import format_cell_id
+from harness.devices import DEVICES
+from harness.devices import backend_for
+from harness.devices import nodes_for
 from harness.errors import MatrixError
 from harness.gates import GateSpec
 from harness.gates import merge_gates
+from harness.matrix_checks import check_bounds
+from harness.matrix_checks import check_gates
+from harness.matrix_checks import check_model_sources
+from harness.matrix_checks import check_overrides_used
+from harness.matrix_checks import check_rules
+from harness.matrix_checks import check_stages
 from harness.matrix_files import MATRICES_DIR
 from harness.matrix_files import load_yaml
 from harness.matrix_files import resolve_matrix_path
@@ -31,26 +39,6 @@ from harness.matrix_files import unknown_name as _unknown
 from harness.matrix_files import validation_message as _validation_message
 from harness.settings import BackendOptions
 from harness.settings import StageSettings
-
-
-class DeviceFacts(BaseModel):
-    """What a device generation allows: cards per node and the KV-cache dtypes its vLLM accepts."""
-
-    cards_per_node: int
-    kv_cache_dtypes: tuple[str, ...]
-    backend: str
-
-
-DEVICES: dict[str, DeviceFacts] = {
-    "g2": DeviceFacts(cards_per_node=8, kv_cache_dtypes=("auto", "fp8_inc"), backend="gaudi"),
-    "g3": DeviceFacts(cards_per_node=8, kv_cache_dtypes=("auto", "fp8_inc"), backend="gaudi"),
-    # A cpu "card" is one rank process; whether this host has the cores is the backend's check.
-    "cpu": DeviceFacts(
-        cards_per_node=8,
-        kv_cache_dtypes=("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
-        backend="cpu",
-    ),
-}
 
 
 class _Strict(BaseModel):
@@ -70,14 +58,14 @@ class ModelSpec(_Strict):
 
 
 class Axes(_Strict):
-    model: list[str] | None = None
-    device: list[Literal["g2", "g3", "cpu"]] | None = None
-    tp: list[int] | None = None
-    pp: list[int] | None = None
-    ep: list[int] | None = None
-    nodes: list[int] | None = None
-    kv_cache_dtype: list[str] | None = None
-    quantization: list[Literal["bf16", "fp8"]] | None = None
+    model: list[str] | None = Field(default=None, min_length=1)
+    device: list[Literal["g2", "g3", "cpu"]] | None = Field(default=None, min_length=1)
+    tp: list[int] | None = Field(default=None, min_length=1)
+    pp: list[int] | None = Field(default=None, min_length=1)
+    ep: list[int] | None = Field(default=None, min_length=1)
+    nodes: list[int] | None = Field(default=None, min_length=1)
+    kv_cache_dtype: list[str] | None = Field(default=None, min_length=1)
+    quantization: list[Literal["bf16", "fp8"]] | None = Field(default=None, min_length=1)
 
     @field_validator("tp", "pp", "ep", "nodes")
     @classmethod
@@ -119,7 +107,7 @@ class MatrixSpec(_Strict):
     axes: Axes = Axes()
     include: list[dict[str, Any]] = Field(default_factory=list)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
-    stages: list[Stage] = Field(default_factory=lambda: list(Stage))
+    stages: list[Stage] = Field(default_factory=lambda: list(Stage), min_length=1)
     gates: dict[str, GateSpec] = Field(default_factory=dict)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     overrides: list[Override] = Field(default_factory=list)
@@ -145,7 +133,7 @@ class Matrix:
         if self.spec.backend:
             return self.spec.backend
         devices = {c.device for c in self.cells} or {"cpu"}
-        return "gaudi" if devices & {"g2", "g3"} else "cpu"
+        return backend_for(devices)
 
 
 def load_matrix(name_or_path: str | Path, search_dir: Path = MATRICES_DIR) -> Matrix:
@@ -183,31 +171,40 @@ def _matches(point: dict[str, Any], rule: dict[str, Any]) -> bool:
     return all(point.get(k) == v for k, v in rule.items())
 
 
-def _check_rules(spec: MatrixSpec, path: Path) -> None:
-    for section in ("include", "exclude"):
-        for i, rule in enumerate(getattr(spec, section)):
-            for key in rule:
-                if key not in AXIS_NAMES:
-                    raise MatrixError(
-                        path, f"{section}[{i}].{key}", _unknown("axis", key, AXIS_NAMES)
-                    )
-            if section == "include" and "model" not in rule:
-                raise MatrixError(path, f"{section}[{i}]", "an include rule must name its model")
+KV_DTYPES = tuple(sorted({kv for d in DEVICES.values() for kv in d.kv_cache_dtypes}))
+
+
+def _rules(spec: MatrixSpec, path: Path, section: str) -> list[dict[str, Any]]:
+    rules = getattr(spec, section)
+    return check_rules(section, rules, path, AXIS_NAMES, spec.models, KV_DTYPES)
+
+
+def _gate_backend(spec: MatrixSpec, points: list[dict[str, Any]]) -> str | None:
+    """The backend whose metric names gates use: explicit, else the one all devices need."""
+    if spec.backend:
+        return spec.backend
+    backends = {DEVICES[p["device"]].backend for p in points if p["device"] in DEVICES}
+    return backends.pop() if len(backends) == 1 else None
 
 
 def expand(spec: MatrixSpec, path: Path) -> list[Cell]:
     """Product of the axes, minus exclude rules, plus include rules; validated, unique ids."""
-    _check_rules(spec, path)
-    points = [p for p in _points(spec, path) if not any(_matches(p, r) for r in spec.exclude)]
-    for rule in spec.include:
+    include, exclude = _rules(spec, path, "include"), _rules(spec, path, "exclude")
+    check_stages([s.value for s in spec.stages], path)
+    points = [p for p in _points(spec, path) if not any(_matches(p, r) for r in exclude)]
+    for rule in include:
         points.append({**AXIS_DEFAULTS, **rule})
-    resolved: dict[tuple[int, ...], tuple[StageSettings, dict, dict]] = {}
-    _check_gate_keys(spec.gates, path, "gates")
+    resolved: dict[
+        tuple[int, ...], tuple[StageSettings, dict[str, GateSpec], dict[str, Any]]
+    ] = {}
+    stages, backend = [s.value for s in spec.stages], _gate_backend(spec, points)
+    check_gates(spec.gates, path, "gates", stages, backend)
     for i, ov in enumerate(spec.overrides):
-        _check_gate_keys(ov.gates, path, f"overrides[{i}].gates")
+        check_gates(ov.gates, path, f"overrides[{i}].gates", stages, backend)
     facts = {name: _model_facts(name, m, path) for name, m in spec.models.items()}
     cells: list[Cell] = []
     seen: set[str] = set()
+    used: set[int] = set()
     for p in points:
         if p["model"] not in facts:
             raise MatrixError(path, "include", _unknown("model", p["model"], spec.models))
@@ -227,6 +224,7 @@ def expand(spec: MatrixSpec, path: Path) -> list[Cell]:
         applied = tuple(
             i for i, ov in enumerate(spec.overrides) if fnmatch.fnmatchcase(cell_id, ov.cells)
         )
+        used.update(applied)
         if applied not in resolved:
             resolved[applied] = _resolve(spec, path, applied, spec.gates)
         settings, gates, options = resolved[applied]
@@ -251,22 +249,13 @@ def expand(spec: MatrixSpec, path: Path) -> list[Cell]:
         cells.append(cell)
     if not cells:
         raise MatrixError(path, "axes", "the matrix expands to no cells; check axes and exclude")
+    check_model_sources(spec.models, path)
+    check_overrides_used(spec.overrides, used, [c.id for c in cells], path)
     return cells
 
 
 def _stages(spec: MatrixSpec, quantization: str) -> tuple[Stage, ...]:
     return tuple(s for s in spec.stages if quantization == "fp8" or s not in FP8_ONLY_STAGES)
-
-
-def _check_gate_keys(gates: dict[str, GateSpec], path: Path, where: str) -> None:
-    for key in gates:
-        stage = key.split(".", 1)[0]
-        if "." not in key or stage not in STAGE_NAMES:
-            raise MatrixError(
-                path,
-                f"{where}.{key}",
-                f"gate keys are '<stage>.<metric>' with stage one of {', '.join(STAGE_NAMES)}",
-            )
 
 
 def _resolve(
@@ -280,6 +269,8 @@ def _resolve(
         for stage, values in ov.settings.items():
             settings.setdefault(stage, {}).update(values)
         gates = merge_gates(gates, ov.gates)
+        for key in ov.gates:  # the merged gate: an override's min may pass the matrix's max
+            check_bounds(gates[key], path, f"overrides[{i}].gates.{key}")
         extra = ov.backend_options.as_dict()
         if "env" in extra:  # an override's env adds to the matrix's
             extra["env"] = {**options.get("env", {}), **extra["env"]}
@@ -331,7 +322,7 @@ def invalid_reason(cell: Cell) -> str | None:
     if cell.tp > device.cards_per_node and cell.nodes == 1:
         return (
             f"TP={cell.tp} exceeds the {device.cards_per_node} cards of one {cell.device} node; "
-            f"set nodes: {-(-cell.tp // device.cards_per_node)} or lower tp"
+            f"set nodes: {nodes_for(cell.tp, device.cards_per_node)} or lower tp"
         )
     cards = device.cards_per_node * cell.nodes
     if cell.world_size > cards:

@@ -47,11 +47,19 @@ def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         chain = " -> ".join(str(p) for p in (*_chain, path))
         raise MatrixError(path, "extends", f"extends cycle: {chain}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise MatrixError(path, "", f"cannot read the file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise MatrixError(
+            path,
+            "",
+            f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
+            "save the file as UTF-8",
+        ) from None
     try:
-        data = yaml.safe_load(text)
+        data = _load_unique(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -72,6 +80,41 @@ def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
+def _load_unique(text: str, path: Path) -> Any:
+    """safe_load, refusing a key given twice in one mapping (YAML would keep the last)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(node, "", path)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_duplicates(node: yaml.Node, where: str, path: Path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is None or key == "<<":
+                continue
+            here = f"{where}.{key}" if where else str(key)
+            if key in seen:
+                raise MatrixError(
+                    path,
+                    here,
+                    f"given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); YAML "
+                    "would silently keep the last one: rename or remove one of them",
+                )
+            seen[key] = key_node.start_mark.line + 1
+            _check_duplicates(value_node, here, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, f"{where}[{i}]", path)
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -80,6 +123,15 @@ def _key_path(loc: tuple[Any, ...]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+# pydantic's range errors, worded as the rule to follow
+_BOUNDS = {
+    "greater_than_equal": ("ge", ">="),
+    "greater_than": ("gt", ">"),
+    "less_than_equal": ("le", "<="),
+    "less_than": ("lt", "<"),
+}
 
 
 def validation_message(exc: ValidationError) -> tuple[str, str]:
@@ -92,6 +144,11 @@ def validation_message(exc: ValidationError) -> tuple[str, str]:
             msg = "unknown key (check the spelling; see matrices/README.md for the keys)"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] in _BOUNDS:
+            limit = err.get("ctx", {}).get(_BOUNDS[err["type"]][0])
+            msg = f"must be {_BOUNDS[err['type']][1]} {limit} (got {err.get('input')!r})"
+        elif err["type"] == "too_short" and err.get("ctx", {}).get("min_length") == 1:
+            msg = "must not be empty: give at least one value (or leave the key out)"
         elif "input" in err and err["type"] not in ("literal_error",):
             msg = f"{msg} (got {err['input']!r})"
         lines.append((key, msg))

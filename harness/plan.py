@@ -6,7 +6,7 @@ import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
-from harness.backends.base import Backend
+from harness.backends.contracts import Backend
 from harness.cell import Cell
 from harness.cell import Stage
 

@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from harness import process_registry
 from harness.errors import HarnessError
 
 
@@ -52,7 +54,7 @@ class CommandFailed(HarnessError):
 _live_groups: set[int] = set()
 
 
-def _kill_group(pgid: int, grace_s: float = 5.0, reap: Callable[[], object] | None = None) -> None:
+def kill_group(pgid: int, grace_s: float = 5.0, reap: Callable[[], object] | None = None) -> None:
     """SIGTERM the group, wait up to `grace_s`, then SIGKILL what is left.
 
     `reap` (our child's poll) is called while waiting: a leader that exited stays a zombie, and
@@ -63,7 +65,7 @@ def _kill_group(pgid: int, grace_s: float = 5.0, reap: Callable[[], object] | No
     while time.monotonic() < deadline:
         if reap is not None:
             reap()
-        if not _group_alive(pgid):
+        if not group_alive(pgid):
             break
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -71,7 +73,8 @@ def _kill_group(pgid: int, grace_s: float = 5.0, reap: Callable[[], object] | No
     _live_groups.discard(pgid)
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` still exists (a zombie leader counts)."""
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
@@ -82,7 +85,7 @@ def _group_alive(pgid: int) -> bool:
 def kill_all_groups() -> None:
     """Stop every group this process started and has not stopped yet (session end, Ctrl-C)."""
     for pgid in list(_live_groups):
-        _kill_group(pgid, grace_s=3.0)
+        kill_group(pgid, grace_s=3.0)
 
 
 atexit.register(kill_all_groups)
@@ -107,7 +110,13 @@ class ManagedProcess:
         self.command = command
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **{k: str(v) for k, v in command.env.items()}}
+        registry = process_registry.current()
+        token = registry.new_token()  # marks the group's processes as ours for the reaper
+        env = {
+            **os.environ,
+            **{k: str(v) for k, v in command.env.items()},
+            process_registry.ENV_TOKEN: token,
+        }
         self._log = log_path.open("ab")
         try:
             self.popen = subprocess.Popen(
@@ -118,12 +127,15 @@ class ManagedProcess:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=process_registry.child_setup(),  # dies with the harness (Linux)
             )
         except OSError as exc:
             self._log.close()
             raise CommandFailed(command, f"could not start: {exc.strerror}") from None
         self.pgid = self.popen.pid
         _live_groups.add(self.pgid)
+        with contextlib.suppress(OSError):  # a full /tmp must not stop the run
+            registry.record(self.pid, self.pgid, command.argv, token, str(log_path))
 
     @property
     def pid(self) -> int:
@@ -146,7 +158,7 @@ class ManagedProcess:
             raise
 
     def stop(self, grace_s: float = 5.0) -> None:
-        _kill_group(self.pgid, grace_s, reap=self.popen.poll)
+        kill_group(self.pgid, grace_s, reap=self.popen.poll)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=grace_s)
         self._log.close()
@@ -156,6 +168,40 @@ class ManagedProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class Waited:
+    """How `wait_for` ended: all exited (both None), one failed, or the deadline passed."""
+
+    failed: ManagedProcess | None = None  # the first (in order) that exited non-zero
+    timed_out: ManagedProcess | None = None  # the first still running at the deadline
+
+
+def wait_for(
+    procs: Sequence[ManagedProcess],
+    timeout_s: float,
+    poll_s: float = 0.1,
+    check: Callable[[], None] | None = None,
+) -> Waited:
+    """Poll until every process exited, one exited non-zero, or `timeout_s` passed.
+
+    `check` runs on every poll while some still run (e.g. "is the server still alive?") and
+    may raise. Stopping the processes is the caller's (`stop()` / `started`), on every path."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = next((p for p, c in zip(procs, codes, strict=True) if c not in (None, 0)), None)
+        if failed is not None:
+            return Waited(failed=failed)
+        running = [p for p, c in zip(procs, codes, strict=True) if c is None]
+        if not running:
+            return Waited()
+        if check is not None:
+            check()
+        if time.monotonic() > deadline:
+            return Waited(timed_out=running[0])
+        time.sleep(poll_s)
 
 
 def run(command: Command, log_path: Path, timeout_s: float) -> str:

@@ -1,7 +1,9 @@
 """Result records and their on-disk store: one JSON line per stage, flushed as each stage ends.
 
 Record keys (schema_version 1), one object per line of `reports/<run-id>/results.jsonl`:
-  kind            "run" (first line: the run's context) or "stage"
+  kind            "run" (first line: the run's context), "stage", or "end" (last line: how the
+                  run ended, status completed | interrupted | internal_error, signal, exit_status,
+                  not_run: the selected stages that never ran; absent when the run was killed)
   run_id          the run's id, e.g. 20261123-161500-042-a1b2 (sorts by start time)
   cell            cell id, e.g. "tiny-moe/cpu/tp1-ep2/fp8-kv-fp8"          (stage records)
   stage           preflight | collectives | calibration | serving | accuracy | throughput
@@ -27,7 +29,10 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from harness.fileio import write_atomic
+
 SCHEMA_VERSION = 1
+__all__ = ["write_atomic"]  # re-exported: harness.fileio is where it lives
 
 
 @dataclass
@@ -63,17 +68,6 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class RunStore:
     """The directory of one run: results.jsonl appended record by record, artifacts beside it."""
 
@@ -100,6 +94,18 @@ class RunStore:
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+    def end(self, record: dict[str, Any]) -> None:
+        """The run's last line: how it ended (harness.run_ending.end_record)."""
+        self._append({"run_id": self.run_id, **record})
+
+    def latest(self, cell_id: str, stage: str) -> StageResult | None:
+        """The last record of `stage` of `cell_id` in this run (any worker's), or None."""
+        found = None
+        for result in stage_results(self.path):
+            if result.cell == cell_id and result.stage == stage:
+                found = result
+        return found
 
     def cell_dir(self, cell_id: str, stage: str) -> Path:
         """Where a stage keeps its artifacts: <run>/cells/<cell id with / as __>/<stage>."""

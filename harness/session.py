@@ -1,50 +1,63 @@
-"""The run: cells selected, stages ordered and blocked, results recorded as each stage ends."""
+"""The run as a pytest plugin object: cells selected, stages ordered and blocked, results recorded.
+
+`plugin.pytest_configure` builds one `HarnessSession` and registers it with pytest's plugin
+manager only for suite runs (as pytest-xdist registers its `DSession`), so every hook below
+runs only when there is a run and needs no "is there a session?" guard. What a stage needs is
+handed to it explicitly: its `StageContext` (via the `stage` fixture) and its cell's resources
+(harness/cell_resources.py). End-of-run files are written by harness/report/run_end.py.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import fnmatch
+import gc
+import os
 import platform
 import signal
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
-from collections.abc import Mapping
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.nodes import Node
 
 from harness import __version__
-from harness.backends import Backend
+from harness.backends.contracts import Backend
 from harness.cell import Cell
 from harness.cell import Stage
-from harness.errors import HarnessError
+from harness.cell import bf16_twin_id
+from harness.cell_resources import CellResources
+from harness.cell_resources import CellSlot
 from harness.matrix import Matrix
 from harness.options import RunOptions
+from harness.plan import render_plan
 from harness.process import kill_all_groups
-from harness.report.markdown import render_summary
+from harness.recording import one_line
+from harness.recording import stage_result
+from harness.references import RunReferences
+from harness.report.junit import junit_case
+from harness.report.run_end import finish_run
+from harness.report.run_end import load_baseline
 from harness.results import RunStore
-from harness.results import StageResult
 from harness.results import new_run_id
 from harness.results import now_iso
-from harness.results import write_atomic
-from harness.stages import GateFailed
-from harness.stages import Recorder
-from harness.stages import StageContext
-from harness.stages import StageSkipped
-from harness.stages import runner_for
+from harness.results import stage_results
+from harness.run_ending import SignalWatch
+from harness.run_ending import end_record
+from harness.run_ending import ending_line
+from harness.run_ending import signals_deferred
+from harness.stages.base import Recorder
+from harness.stages.base import StageContext
 
 STAGE_MARKERS = {s.value: s for s in Stage}
-
-
+PLUGIN_NAME = "harness-session"
 _STAGE_KEY = pytest.StashKey["Stage | None"]()
+RECORDER_KEY = pytest.StashKey[Recorder]()
 
 
-def stage_of(node: pytest.Item | pytest.Collector) -> Stage | None:
+def stage_of(node: pytest.Item | pytest.Collector | Node) -> Stage | None:
     """The stage a suite test belongs to: its stage marker (`pytestmark = pytest.mark.<stage>`).
 
     Looked up like `iter_markers` (own marks first, then the parents'), but each node keeps its
@@ -59,6 +72,17 @@ def stage_of(node: pytest.Item | pytest.Collector) -> Stage | None:
     return node.stash[_STAGE_KEY]
 
 
+def cell_of(item: pytest.Item) -> Cell | None:
+    callspec = getattr(item, "callspec", None)
+    value = callspec.params.get("cell") if callspec else None
+    return value if isinstance(value, Cell) else None
+
+
+def twin_group(cell_id: str) -> str:
+    """Cells judged against each other (an FP8 cell and its BF16 twin) share this scope."""
+    return bf16_twin_id(cell_id).rsplit("/", 1)[0]
+
+
 def stop_on_sigterm() -> None:
     """Turn SIGTERM (CI timeouts, `kill`) into KeyboardInterrupt so pytest unwinds: fixtures and
     sessionfinish run and every process group the harness started is stopped."""
@@ -71,12 +95,6 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, _raise)
-
-
-def cell_of(item: pytest.Item) -> Cell | None:
-    callspec = getattr(item, "callspec", None)
-    value = callspec.params.get("cell") if callspec else None
-    return value if isinstance(value, Cell) else None
 
 
 def _git_commit(root: Path) -> str:
@@ -96,7 +114,7 @@ def _git_commit(root: Path) -> str:
 
 
 class HarnessSession:
-    """Holds the matrix, backend and run store; the plugin's hooks call into it."""
+    """The run's matrix, backend, store and per-cell resources; a pytest plugin object."""
 
     def __init__(
         self,
@@ -111,16 +129,20 @@ class HarnessSession:
         self.matrix = matrix
         self.backend = backend
         self.store = RunStore(options.results_dir, run_id or new_run_id())
-        self.failures: dict[str, str] = {}
-        self.results: dict[tuple[str, str], StageResult] = {}
-        self._opened = False
-        self._calibrations: dict[str, Any] = {}
+        self.failures: dict[str, str] = {}  # cell id -> the first failed stage, one line
+        self.cells = CellSlot(
+            backend, self.store, options.cache_dir, options.recalibrate_invalid
+        )
+        self.baseline = load_baseline(options.results_dir, options.baseline)
         self._params: dict[str, Any] = {}
-        self.baseline_id: str | None = None
-        self.baseline = self.load_baseline()
-        self._server: tuple[str, Any, contextlib.ExitStack] | None = None
+        self._order = self._run_order()
+        self._selected: set[str] = set()
+        self._selected_pairs: list[tuple[str, str]] = []  # (cell id, stage) of the items
+        self.signals = SignalWatch()  # which signal stopped the run, for its end record
+        self._opened = False
+        self.regressions: list[str] = []  # against --baseline, set at session end
 
-    # selection -----------------------------------------------------------
+    # selection and order ---------------------------------------------------------------
     def cells_for(self, stage: Stage) -> list[Cell]:
         """Cells that run `stage`, after --cells and --stages."""
         if self.options.stages is not None and stage not in self.options.stages:
@@ -139,12 +161,24 @@ class HarnessSession:
             self._params[cell.id] = param
         return param
 
-    @staticmethod
-    def sort_key(item: pytest.Item) -> tuple[int, int, str]:
-        cell, stage = cell_of(item), stage_of(item)
-        return (cell.index if cell else -1, stage.order if stage else -1, item.nodeid)
+    def _run_order(self) -> dict[int, tuple[int, int, int]]:
+        """Cells in matrix order, except that a BF16 twin runs just before the FP8 cells judged
+        against it (so their accuracy gate finds its result, on whichever worker). By index:
+        sorting 60,000 items must not format 60,000 cell ids."""
+        first: dict[str, int] = {}
+        order = {}
+        for cell in self.matrix.cells:
+            cid = cell.id
+            group = first.setdefault(twin_group(cid), cell.index)
+            order[cell.index] = (group, 0 if cid == bf16_twin_id(cid) else 1, cell.index)
+        return order
 
-    # run store -----------------------------------------------------------
+    def sort_key(self, item: pytest.Item) -> tuple[tuple[int, int, int], int, str]:
+        cell, stage = cell_of(item), stage_of(item)
+        order = self._order.get(cell.index, (-1, 0, -1)) if cell else (-1, 0, -1)
+        return (order, stage.order if stage else -1, item.nodeid)
+
+    # the run store ---------------------------------------------------------------------
     def open_store(self) -> None:
         """The controller creates the run directory and its context line; workers append."""
         if self._opened or self.options.plan:
@@ -170,226 +204,178 @@ class HarnessSession:
             }
         )
 
-    # per test -------------------------------------------------------------
-    def blocked_reason(self, cell: Cell, stage: Stage) -> str | None:
-        """An earlier failed stage of the cell, or the backend's reason it cannot run here."""
-        earlier = self.failures.get(cell.id)
-        if earlier:
-            return f"earlier stage {earlier}"
-        return self.backend.skip_reason(cell, stage)
+    # what fixtures hand to stages --------------------------------------------------------
+    def resources(self, cell: Cell) -> CellResources:
+        """The cell's resources (the run directory exists before any stage writes in it)."""
+        self.open_store()
+        return self.cells.enter(cell)
 
     def context(self, cell: Cell, stage: Stage, recorder: Recorder) -> StageContext:
-        self.open_store()
+        resources = self.resources(cell)
         return StageContext(
             cell=cell,
             stage=stage,
             backend=self.backend,
-            workdir=self.store.cell_dir(cell.id, stage.value),
+            workdir=resources.workdir(stage),
             cache_dir=self.options.cache_dir,
             recorder=recorder,
-            lookup=self.metrics_of,
+            references=RunReferences(
+                self.store, [c.id for c in self.matrix.cells], self._selected
+            ),
         )
 
-    def metrics_of(self, cell_id: str, stage: str) -> Mapping[str, Any] | None:
-        result = self.results.get((cell_id, stage))
-        return result.metrics if result and result.status == "passed" else None
+    # hooks: collection -----------------------------------------------------------------
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        return [
+            f"harness: matrix {self.matrix.name} ({self.matrix.path}), "
+            f"{len(self.matrix.cells)} cells, backend {self.backend.name}, "
+            f"results {self.store.dir}"
+        ]
 
-    def record(
-        self, cell: Cell, stage: Stage, report: pytest.TestReport, rec: Recorder | None
-    ) -> StageResult:
-        """Turn a test report into a StageResult, append it to results.jsonl, note failures."""
-        rec = rec or Recorder()
-        status = {"passed": "passed", "failed": "failed", "skipped": "skipped"}[report.outcome]
-        message = _message(report)
-        if status == "failed" and cell.id not in self.failures:
-            self.failures[cell.id] = f"{stage.value} failed: {_one_line(message, cell.id)}"
-        result = StageResult(
-            cell=cell.id,
-            stage=stage.value,
-            status=status,
-            message=message,
-            metrics=dict(rec.metrics),
-            gates=[g.as_dict() for g in rec.gates],
-            artifacts=_relative(rec.artifacts, self.store.dir),
-            started=_started(report),
-            duration_s=round(report.duration, 3),
-            device=cell.device,
-            backend=self.backend.name,
-        )
-        self.results[(cell.id, stage.value)] = result
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "cell" not in metafunc.fixturenames:
+            return
+        stage = stage_of(metafunc.definition)
+        if stage is None:
+            raise pytest.UsageError(
+                f"{metafunc.definition.nodeid}: a suite test needs a stage marker "
+                "(pytestmark = pytest.mark.<stage>)"
+            )
+        # function scope: the session groups items by cell and owns per-cell resources, which
+        # spares pytest's session-scope reordering (seconds for a 10,000-cell matrix)
+        metafunc.parametrize("cell", [self.param_for(c) for c in self.cells_for(stage)])
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_collection(self, session: pytest.Session) -> Generator[None, None, Any]:
+        # A 10,000-cell matrix makes 60,000 items that live all run: the cyclic GC re-scanning
+        # them as they pile up cost two thirds of collection (benchmarks/bench_collection.py).
+        # Collect with it paused, then freeze the survivors out of its way; RSS is unchanged.
+        gc.disable()
+        try:
+            return (yield)
+        finally:
+            gc.freeze()
+            gc.enable()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        empty = [i for i in items if stage_of(i) is not None and cell_of(i) is None]
+        if empty:
+            config.hook.pytest_deselected(items=empty)
+        items[:] = sorted((i for i in items if i not in empty), key=self.sort_key)
+        ids = {id(c): c.id for c in map(cell_of, items) if c is not None}  # cells are shared
+        self._selected = set(ids.values())
+        self._selected_pairs = [
+            (ids[id(cell)], stage.value)
+            for cell, stage in ((cell_of(i), stage_of(i)) for i in items)
+            if cell is not None and stage is not None
+        ]
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """xdist: keep a cell and its BF16 twin on one worker, in order (one server per cell,
+        the twin's accuracy recorded before the FP8 cell's is judged)."""
+        from harness.xdist_scheduling import CellScheduling
+
+        return CellScheduling(config, log)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """xdist: every worker appends to the controller's run."""
+        self.open_store()
+        node.workerinput["harness_run_id"] = self.store.run_id
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
+        if not self.options.plan:
+            return None
+        pairs = [(cell_of(i), stage_of(i)) for i in session.items]
+        text = render_plan([(c, s) for c, s in pairs if c and s], self.backend, self.store.dir)
+        session.config.get_terminal_writer().line(text)
+        return True
+
+    # hooks: each stage test ----------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        cell, stage = cell_of(item), stage_of(item)
+        if cell is None or stage is None:
+            return
+        item.stash[RECORDER_KEY] = Recorder()
+        earlier = self.failures.get(cell.id)
+        reason = f"earlier stage {earlier}" if earlier else self.backend.skip_reason(cell, stage)
+        if reason:
+            pytest.skip(reason)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        cell, stage = cell_of(item), stage_of(item)
+        final = report.when == "call" or (report.when == "setup" and not report.passed)
+        if cell is None or stage is None or not final:
+            return report
+        rec = item.stash.get(RECORDER_KEY, None) or Recorder()
+        result = stage_result(cell, stage, report, rec, self.backend.name, self.store.dir)
+        if result.status == "failed" and cell.id not in self.failures:
+            self.failures[cell.id] = f"{stage.value} failed: {one_line(result.message, cell.id)}"
         if not self.options.plan:
             self.open_store()
             self.store.append(result)
-        return result
+        # like record_property: junitxml writes the item's properties with its teardown report
+        item.user_properties.append(("cell", cell.id))
+        for name, value in result.metrics.items():
+            item.user_properties.append((f"{stage.value}.{name}", value))
+        case = junit_case(result, self.store.dir, os.environ.get("HARNESS_REPORT_URL"))
+        item.user_properties.extend(case.properties)
+        if case.message:  # the failure CI shows: reason, fix and the log's last lines
+            report.longrepr = case.message
+        return report
 
-    # per-cell resources: items run grouped by cell, so one of each is alive at a time ----------
-    def calibration_for(self, cell: Cell) -> Any:
-        """The cell's calibration artifacts, computed once per cell (None for BF16)."""
-        if cell.id not in self._calibrations:
-            from harness.stages import calibration
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """The release point of a cell's resources: its last stage test has run."""
+        self.cells.release_unless(cell_of(nextitem) if nextitem is not None else None)
 
-            self._calibrations[cell.id] = calibration.ensure(self, cell)
-        return self._calibrations[cell.id]
-
-    def server_for(self, cell: Cell) -> Any:
-        """The cell's running server, started on first use and shared by its later stages."""
-        if self._server is not None and self._server[0] == cell.id:
-            return self._server[1]
-        self.stop_server()
-        from harness.stages import serving
-
-        calibration = self.calibration_for(cell)
-        stack = contextlib.ExitStack()
-        handle = stack.enter_context(serving.serve(self, cell, calibration))
-        self._server = (cell.id, handle, stack)
-        return handle
-
-    def stop_server(self) -> None:
-        if self._server is not None:
-            _, _, stack = self._server
-            self._server = None
-            stack.close()
-
-    def item_done(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
-        """Stop the cell's server once its last stage has run (not at session end)."""
-        if self._server is None:
-            return
-        upcoming = cell_of(nextitem) if nextitem is not None else None
-        if upcoming is None or upcoming.id != self._server[0]:
-            self.stop_server()
-
-    def load_baseline(self) -> list[StageResult] | None:
-        """The --baseline run's records, loaded before anything runs (a missing run fails fast)."""
-        if self.options.baseline is None:
-            return None
-        from harness.results import ResultStore
-
-        store = ResultStore(self.options.results_dir)
-        run_id = store.latest() if self.options.baseline == "latest" else self.options.baseline
-        if run_id is None or run_id not in store.runs():
-            raise HarnessError(
-                f"--baseline {self.options.baseline}: no such run in {self.options.results_dir} "
-                f"(runs: {', '.join(store.runs()[-5:]) or 'none'})"
+    # hooks: the end ------------------------------------------------------------------------
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # a second Ctrl-C while the groups stop and the reports are written waits (30 s at most)
+        with signals_deferred(30.0):
+            self.cells.close()
+            kill_all_groups()
+            if self.is_worker or self.options.plan:
+                return
+            ending = self._record_end(int(session.exitstatus))
+            self.regressions = finish_run(
+                self.store, self.matrix.name, self.baseline, self.options.compare_fail, ending
             )
-        self.baseline_id = run_id
-        return store.load(run_id)
+        if self.regressions and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-    def _write_report(self) -> None:
-        """report.md (+ trend.png) for sign-off; a broken plot must not cost the run's end."""
-        from harness.report import qualification
-        from harness.results import ResultStore
-
-        store = ResultStore(self.options.results_dir)
-        try:
-            run = qualification.load_run(store, self.store.run_id)
-            history = qualification.earlier_runs(store, run)
-            qualification.write_report(run, history, self.store.dir)
-        except (OSError, ValueError, ImportError, RuntimeError) as exc:
-            print(
-                f"harness: report.md not written ({type(exc).__name__}: {exc}); "
-                f"summary.md and results.jsonl are complete",
-                file=sys.stderr,
-            )
-
-    def finish(self) -> list[str]:
-        """Stop leftover processes; write summary.md (and compare.md with --baseline).
-
-        Returns the regressions against the baseline, one line each (empty when none)."""
-        self.stop_server()
-        kill_all_groups()
+    def _record_end(self, exit_status: int) -> str:
+        """Append the run's end record (completed / interrupted, stages never run); return the
+        line that heads its reports when it did not complete ("" when it did)."""
         if not self.store.path.is_file():
-            return []
-        from harness.compare import compare
-        from harness.compare import render_compare
-        from harness.results import stage_results
-
-        results = stage_results(self.store.path)
-        summary = render_summary(results, self.matrix.name, self.store.run_id)
-        write_atomic(self.store.dir / "summary.md", summary)
-        self._write_report()
-        if self.baseline is None:
-            return []
-        deltas = compare(self.baseline, results, self.options.compare_fail)
-        write_atomic(
-            self.store.dir / "compare.md",
-            render_compare(deltas, self.baseline_id, self.store.run_id),
-        )
-        return [
-            f"{d.cell}: {d.metric} {d.base:.4g} -> {d.value:.4g} {d.failure} "
-            f"(baseline run {self.baseline_id})"
-            for d in deltas
-            if d.failure
+            return ""
+        selected = self._selected_pairs or [  # xdist's controller collects nothing itself
+            (c.id, s.value) for s in Stage for c in self.cells_for(s)
         ]
+        recorded = [(r.cell, r.stage) for r in stage_results(self.store.path)]
+        record = end_record(exit_status, self.signals.first, selected, recorded)
+        self.store.end(record)
+        return ending_line(record)
 
-
-def _started(report: pytest.TestReport) -> str:
-    """When the stage's test began (the report is made at its end)."""
-    start = getattr(report, "start", None) or time.time() - report.duration
-    return dt.datetime.fromtimestamp(start, dt.UTC).isoformat(timespec="seconds")
-
-
-def _message(report: pytest.TestReport) -> str:
-    """The reason a person reads: the skip reason, the failure text (short), or a crash line."""
-    if report.passed:
-        return ""
-    if report.skipped and isinstance(report.longrepr, tuple):
-        return str(report.longrepr[2]).removeprefix("Skipped: ")
-    text = report.longreprtext.strip()
-    crash = getattr(report.longrepr, "reprcrash", None)
-    if crash is not None and text.count("\n") > 20:  # a real traceback: keep its last word
-        return str(crash.message).removeprefix("Failed: ")
-    return text.removeprefix("Failed: ")[-4000:]
-
-
-def _one_line(message: str, cell_id: str, limit: int = 400) -> str:
-    """A failure as one line for later stages' skip reason: no cell prefix, hints kept."""
-    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    text = text.removeprefix(f"{cell_id} ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _relative(artifacts: Mapping[str, str], root: Path) -> dict[str, str]:
-    out = {}
-    for name, path in artifacts.items():
-        p = Path(path)
-        out[name] = str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
-    return out
-
-
-@contextlib.contextmanager
-def as_pytest_outcomes() -> Iterator[None]:
-    """Harness outcomes as pytest ones: skips skip, failures fail, no traceback."""
-    skip, fail = None, None
-    try:
-        yield
-    except StageSkipped as exc:
-        skip = str(exc)
-    except GateFailed as exc:
-        fail = f"gate failed:\n{exc}"
-    except HarnessError as exc:
-        fail = str(exc)
-    # raised outside the except blocks and `from None`: the report shows the message, no chain
-    if skip is not None:
-        raise pytest.skip.Exception(skip) from None
-    if fail is not None:
-        raise pytest.fail.Exception(fail, pytrace=False) from None
-
-
-class StageRun:
-    """What a suite test calls: runs the stage, turns harness outcomes into pytest outcomes."""
-
-    def __init__(self, context: StageContext) -> None:
-        self.context = context
-
-    @property
-    def recorder(self) -> Recorder:
-        return self.context.recorder
-
-    def run(self, **fixtures: Any) -> Recorder:
-        start = time.monotonic()
-        try:
-            with as_pytest_outcomes():
-                runner_for(self.context.stage)(self.context, **fixtures)
-        finally:
-            self.recorder.metric("stage_wall_s", round(time.monotonic() - start, 3))
-        return self.recorder
+    def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
+        if self.options.plan:
+            return
+        summary = self.store.dir / "summary.md"
+        if summary.is_file():
+            terminalreporter.section("harness summary")
+            terminalreporter.write(summary.read_text(encoding="utf-8"))
+            terminalreporter.write_line(f"results: {self.store.path}")
+        if self.baseline is not None:
+            terminalreporter.section("regressions vs baseline", red=bool(self.regressions))
+            for line in self.regressions or ["none"]:
+                terminalreporter.write_line(line)
+            terminalreporter.write_line(f"comparison: {self.store.dir / 'compare.md'}")

@@ -1,12 +1,16 @@
-"""xdist scheduling by cell: every stage of a cell runs on the same worker, in order.
+"""xdist scheduling by twin group: a cell and its BF16 twin run on the same worker, in order.
 
 pytest-xdist 3.8's `--dist loadgroup` does not group under pytest 9.2 (xdist #1386), and a
-cell's stages must share one server anyway, so the scope of an item is its cell id.
+cell's stages must share one server anyway, so the scope of an item is its cell's twin group
+(model/device/parallelism): every stage of a cell, and the BF16 twin an FP8 cell is judged
+against, go to one worker, where the session's order runs the twin first.
 """
 
 from __future__ import annotations
 
 from xdist.scheduler import LoadScopeScheduling
+
+from harness.session import twin_group
 
 
 def cell_scope(nodeid: str) -> str | None:
@@ -17,7 +21,8 @@ def cell_scope(nodeid: str) -> str | None:
 
 
 class CellScheduling(LoadScopeScheduling):
-    """LoadScope with the cell id as the scope."""
+    """LoadScope with the cell's twin group as the scope."""
 
     def _split_scope(self, nodeid: str) -> str:
-        return cell_scope(nodeid) or super()._split_scope(nodeid)
+        cell = cell_scope(nodeid)
+        return twin_group(cell) if cell is not None else str(super()._split_scope(nodeid))

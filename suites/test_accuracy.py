@@ -2,8 +2,10 @@
 
 import pytest
 
+from harness.stages import accuracy
+
 pytestmark = pytest.mark.accuracy
 
 
-def test_accuracy(cell, server, stage):
-    stage.run(server=server)
+def test_accuracy(stage, server):
+    stage.run(accuracy.run, server=server)

@@ -2,8 +2,10 @@
 
 import pytest
 
+from harness.stages import calibration as calibration_stage
+
 pytestmark = pytest.mark.calibration
 
 
-def test_calibration(cell, calibration, stage):
-    stage.run(calibration=calibration)
+def test_calibration(stage, calibration):
+    stage.run(calibration_stage.run, calibration=calibration)

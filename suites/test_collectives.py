@@ -2,8 +2,10 @@
 
 import pytest
 
+from harness.stages import collectives
+
 pytestmark = pytest.mark.collectives
 
 
-def test_collectives(cell, stage):
-    stage.run()
+def test_collectives(stage):
+    stage.run(collectives.run)

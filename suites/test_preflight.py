@@ -2,8 +2,10 @@
 
 import pytest
 
+from harness.stages import preflight
+
 pytestmark = pytest.mark.preflight
 
 
-def test_preflight(cell, stage):
-    stage.run()
+def test_preflight(stage):
+    stage.run(preflight.run)

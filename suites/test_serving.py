@@ -2,8 +2,10 @@
 
 import pytest
 
+from harness.stages import serving
+
 pytestmark = pytest.mark.serving
 
 
-def test_serving(cell, server, stage):
-    stage.run(server=server)
+def test_serving(stage, server):
+    stage.run(serving.run, server=server)

@@ -2,8 +2,10 @@
 
 import pytest
 
+from harness.stages import throughput
+
 pytestmark = pytest.mark.throughput
 
 
-def test_throughput(cell, server, stage):
-    stage.run(server=server)
+def test_throughput(stage, server):
+    stage.run(throughput.run, server=server)

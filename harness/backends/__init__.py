@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from typing import Any
 
-from harness.backends.base import Backend
 from harness.backends.base import Check
 from harness.backends.base import CheckStatus
 from harness.backends.base import Inventory
+from harness.backends.contracts import Backend
 from harness.errors import HarnessError
 
 BACKENDS: dict[str, str] = {
@@ -19,7 +20,7 @@ BACKENDS: dict[str, str] = {
 __all__ = ["BACKENDS", "Backend", "Check", "CheckStatus", "Inventory", "get"]
 
 
-def get(name: str, options: dict | None = None) -> Backend:
+def get(name: str, options: dict[str, Any] | None = None) -> Backend:
     """Instantiate backend `name`; an unknown name gets a did-you-mean."""
     target = BACKENDS.get(name)
     if target is None:
@@ -28,4 +29,5 @@ def get(name: str, options: dict | None = None) -> Backend:
         raise HarnessError(f"Unknown backend '{name}'.{hint} Available: {', '.join(BACKENDS)}")
     module_name, _, cls_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(options or {})
+    backend: Backend = cls(options or {})
+    return backend

@@ -6,8 +6,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from harness.backends.base import Inventory
 from harness.cell import Cell
 from harness.cell import Stage
+from harness.devices import backend_for
 from harness.process import Command
 
 
@@ -34,7 +36,7 @@ class BackendCore:
     devices: frozenset[str] = frozenset()
     stack_packages: tuple[str, ...] = ()  # recorded with every run (and checked by preflight)
 
-    def __init__(self, options: dict | None = None) -> None:
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
         self.options = dict(options or {})
 
     def option(self, cell: Cell | None, key: str, default: Any = None) -> Any:
@@ -51,6 +53,14 @@ class BackendCore:
             env.update(cell.backend_options.get("env") or {})
         return {str(k): _env_text(v) for k, v in env.items()}
 
+    def inventory(self) -> Inventory:
+        """Each backend discovers its own devices (cpu: cores; gaudi: pyhlml or hl-smi)."""
+        raise NotImplementedError(f"{type(self).__name__} does not discover devices")
+
+    def cell_env(self, cell: Cell) -> dict[str, str]:
+        """Environment every command of the cell gets; backends add theirs to this."""
+        return self.extra_env(cell)
+
     def stack_versions(self) -> dict[str, str | None]:
         """The serving stack on the host running pytest, for the run's context line."""
         return package_versions(self.stack_packages)
@@ -66,6 +76,6 @@ class BackendCore:
         if cell.device not in self.devices:
             return (
                 f"{self.name} backend does not run {cell.device} cells "
-                f"(use --backend {'gaudi' if cell.device in ('g2', 'g3') else 'cpu'})"
+                f"(use --backend {backend_for({cell.device})})"
             )
         return None

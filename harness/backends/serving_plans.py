@@ -10,7 +10,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from typing import Any
+from typing import Protocol
 
+from harness.backends.contracts import ClientBackend
+from harness.backends.contracts import ServingBackend
+from harness.calibration.artifacts import CalibrationArtifacts
 from harness.cell import Cell
 from harness.process import Command
 from harness.serving.inc_plugin import READY_MARK
@@ -19,12 +23,31 @@ from harness.serving.server import ServerSpec
 PLAN_PORT = 8688  # the seeds' port, shown by --plan; a run picks a free port
 
 
+class ServingParts(ServingBackend, ClientBackend, Protocol):
+    """What ServingPlans needs of the backend's serving mixin (beyond the stage contracts)."""
+
+    def serve_command(
+        self,
+        cell: Cell,
+        port: int,
+        calibration: CalibrationArtifacts | None,
+        workdir: Path | None = None,
+    ) -> Command: ...
+
+    def served_name(self, cell: Cell) -> str: ...
+
+    def serving_facts(self, cell: Cell) -> dict[str, Any]: ...
+
+
 class ServingPlans:
-    """Mixin: needs serve_command, serve_prechecks, served_name, serving_facts,
-    accuracy_task, accuracy_command and bench_command from the backend's serving mixin."""
+    """Mixin: the server spec and plans, from the serving mixin's `ServingParts`."""
 
     def server_spec(
-        self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
+        self: ServingParts,
+        cell: Cell,
+        port: int,
+        calibration: CalibrationArtifacts | None,
+        workdir: Path | None = None,
     ) -> ServerSpec:
         s = cell.settings.serving
         return ServerSpec(
@@ -39,11 +62,11 @@ class ServingPlans:
             facts=self.serving_facts(cell),
         )
 
-    def _plan_url(self, cell: Cell) -> str:
+    def _plan_url(self: ServingParts, cell: Cell) -> str:
         s = cell.settings.serving
         return f"http://{s.host}:{s.port or PLAN_PORT}"
 
-    def plan_serving(self, cell: Cell, workdir: Path) -> list[Command]:
+    def plan_serving(self: ServingParts, cell: Cell, workdir: Path) -> list[Command]:
         checks = [cmd for cmd, _ in self.serve_prechecks(cell)]
         port = cell.settings.serving.port
         cmd = self.serve_command(cell, port or PLAN_PORT, None, workdir)
@@ -52,12 +75,12 @@ class ServingPlans:
             cmd = dataclasses.replace(cmd, description=note)
         return [*checks, cmd]
 
-    def plan_accuracy(self, cell: Cell, workdir: Path) -> list[Command]:
+    def plan_accuracy(self: ServingParts, cell: Cell, workdir: Path) -> list[Command]:
         task = self.accuracy_task(cell, workdir, write=False)
-        return [self.accuracy_command(cell, self._plan_url(cell), task, workdir)]
+        return [self.accuracy_command(cell, ServingPlans._plan_url(self, cell), task, workdir)]
 
-    def plan_throughput(self, cell: Cell, workdir: Path) -> list[Command]:
-        url = self._plan_url(cell)
+    def plan_throughput(self: ServingParts, cell: Cell, workdir: Path) -> list[Command]:
+        url = ServingPlans._plan_url(self, cell)
         return [
             self.bench_command(cell, url, c, workdir)
             for c in cell.settings.throughput.concurrencies

@@ -74,7 +74,8 @@ class CalibrationArtifacts:
 
     def config(self) -> dict[str, Any]:
         """The quant config's content."""
-        return json.loads(self.quant_config.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(self.quant_config.read_text(encoding="utf-8"))
+        return data
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly record (paths as strings) for results and reports."""

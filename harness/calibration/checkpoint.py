@@ -81,7 +81,9 @@ def load_weights(model_dir: Path, dtype: torch.dtype = torch.bfloat16) -> dict[s
     return weights
 
 
-def load(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16) -> tuple[dict, Any]:
+def load(
+    model_dir: str | Path, dtype: torch.dtype = torch.bfloat16
+) -> tuple[dict[str, Any], Any]:
     """(weights, config) of an HF model directory."""
     model_dir = Path(model_dir)
     return load_weights(model_dir, dtype), load_config(model_dir)

@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.devices import DEVICES
+from harness.devices import GAUDI_DEVICES
 from harness.errors import HarnessError
 
 # Gaudi generation -> INC's device_for_scales (fullscale 240 on Gaudi2, 448 on Gaudi3)
-SCALE_DEVICE = {"g2": "GAUDI2", "g3": "GAUDI3"}
+SCALE_DEVICE = {n: str(DEVICES[n].inc_device) for n in GAUDI_DEVICES}
 # scale methods INC accepts on CPU without device_for_scales (DESIGN.md "INC on CPU")
 CPU_SCALE_METHODS = (
     "maxabs_pow2",

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import fileio
 from harness.errors import HarnessError
 
 # bump when the layout or the meaning of the files changes: old cache entries are then ignored
@@ -118,14 +118,50 @@ def locked(path: Path, timeout_s: float) -> Iterator[None]:
 def read_done(entry: Path) -> dict[str, Any] | None:
     """The completion record of a cache entry, or None if it is absent or unreadable."""
     try:
-        return json.loads((entry / DONE).read_text(encoding="utf-8"))
+        done: dict[str, Any] = json.loads((entry / DONE).read_text(encoding="utf-8"))
+        return done
     except (OSError, ValueError):
         return None
+    return done if isinstance(done, dict) else None
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (tmp + rename), so a crash never leaves half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+class InvalidEntry(HarnessError):
+    """A cached calibration whose files are missing or corrupt: never served (vLLM would crash
+    on it with a message that does not name the file)."""
+
+    def __init__(self, entry: Path, path: Path | str, reason: str) -> None:
+        self.entry = entry
+        super().__init__(
+            f"{path}: {reason}; the cached calibration {entry} cannot be served: delete that "
+            "directory and rerun (the cell calibrates again)"
+        )
+
+
+def entry_problem(
+    entry: Path, quant_config: Path, measurement_dir: Path, world: int, device: str | None
+) -> InvalidEntry | None:
+    """Why the set a cell would serve from `entry` is unusable, or None (quick: the config
+    parses, and the measurement checker finds every rank's files and reads them)."""
+    from harness.errors import MeasurementError
+    from harness.measurements import check
+
+    try:
+        cfg = json.loads(quant_config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return InvalidEntry(entry, quant_config, f"cannot read the quant config ({exc.strerror})")
+    except ValueError as exc:
+        return InvalidEntry(entry, quant_config, f"the quant config is not valid JSON ({exc})")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("dump_stats_path"), str):
+        return InvalidEntry(entry, quant_config, "the quant config has no dump_stats_path")
+    try:
+        report = check(measurement_dir, device=device, world=world)
+    except MeasurementError as exc:
+        return InvalidEntry(entry, exc.path, exc.reason)
+    if report.ok:
+        return None
+    first, more = report.errors[0], len(report.errors) - 1
+    extra = f" (and {more} more error(s): `harness measurements check {measurement_dir}`)"
+    return InvalidEntry(entry, first.location, first.message + (extra if more else ""))
+
+
+write_json = fileio.write_json  # the key's files are written atomically

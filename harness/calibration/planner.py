@@ -11,6 +11,7 @@ Rules (DESIGN.md "Measurement tools semantics", seeds 000-002):
 
 from __future__ import annotations
 
+from harness import devices
 from harness.calibration.recipe import Derivation
 from harness.cell import Cell
 from harness.errors import HarnessError
@@ -36,8 +37,8 @@ def calibrate_layout(cell: Cell) -> tuple[int, int]:
 
 
 def ranks(tp: int, ep: int) -> int:
-    """Ranks (measurement files) of a layout: TP times the DP factor EP adds beyond TP."""
-    return tp * (ep // tp if ep > tp else 1)
+    """Ranks (measurement files) of a layout without pipeline parallelism (devices.ranks)."""
+    return devices.ranks(tp, 1, ep)
 
 
 def derivation(cell: Cell) -> Derivation | None:

@@ -16,11 +16,14 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from harness import progress
 from harness.calibration.layout import OutputLayout
+from harness.devices import ranks
 from harness.process import Command
 from harness.process import CommandFailed
 from harness.process import ManagedProcess
 from harness.process import tail
+from harness.process import wait_for
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class CalibrationJob:
     @property
     def world(self) -> int:
         """Ranks of the measurement: TP, times the DP factor EP adds beyond TP."""
-        return self.tp * (self.ep // self.tp if self.ep > self.tp else 1)
+        return ranks(self.tp, 1, self.ep)
 
     @property
     def layout(self) -> OutputLayout:
@@ -138,26 +141,19 @@ def _log_name(step: str, i: int) -> str:
 def run_step(step: Step, logs: Path, timeout_s: float) -> list[str]:
     """Run a step's commands; on any failure stop the rest (by process group) and raise."""
     logs.mkdir(parents=True, exist_ok=True)
+    progress.phase(f"calibration: {step.name}, {len(step.commands)} process(es) (logs: {logs})")
     outputs = []
     if step.parallel:
         procs = [ManagedProcess(c, logs / _log_name(step.name, i))
                  for i, c in enumerate(step.commands)]
-        deadline = time.monotonic() + timeout_s
         try:
-            pending = set(range(len(procs)))
-            while pending:
-                for i in sorted(pending):
-                    code = procs[i].poll()
-                    if code is None:
-                        continue
-                    pending.discard(i)
-                    if code != 0:
-                        why = f"exited with status {code}"
-                        raise StepFailed(step.name, _failure(procs[i], why))
-                if pending and time.monotonic() > deadline:
-                    why = f"timed out after {timeout_s:g} s"
-                    raise StepFailed(step.name, _failure(procs[min(pending)], why))
-                time.sleep(0.2)
+            waited = wait_for(procs, timeout_s, poll_s=0.2)
+            if waited.failed is not None:
+                why = f"exited with status {waited.failed.poll()}"
+                raise StepFailed(step.name, _failure(waited.failed, why))
+            if waited.timed_out is not None:
+                why = f"timed out after {timeout_s:g} s"
+                raise StepFailed(step.name, _failure(waited.timed_out, why))
         finally:
             for p in procs:
                 p.stop(grace_s=2.0)

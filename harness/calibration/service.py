@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.backends.contracts import CalibrationBackend
 from harness.calibration import key as keys
 from harness.calibration import planner
 from harness.calibration.artifacts import CalibrationArtifacts
@@ -43,7 +44,9 @@ class Plan:
     derivation: Derivation | None
 
 
-def plan(cell: Cell, backend: Any, cache_dir: Path, materialize: bool = True) -> Plan:
+def plan(
+    cell: Cell, backend: CalibrationBackend, cache_dir: Path, materialize: bool = True
+) -> Plan:
     """Resolve the job, key and derivation of `cell` (`materialize`: write a generated dataset)."""
     s = cell.settings.calibration
     tp, ep = planner.calibrate_layout(cell)
@@ -89,17 +92,42 @@ def plan(cell: Cell, backend: Any, cache_dir: Path, materialize: bool = True) ->
     return Plan(job, key, entry, derivation)
 
 
-def ensure(cell: Cell, backend: Any, cache_dir: Path) -> CalibrationArtifacts:
-    """The cell's artifacts, computing the calibration and its derived set at most once."""
+def ensure(
+    cell: Cell, backend: CalibrationBackend, cache_dir: Path, recalibrate_invalid: bool = False
+) -> CalibrationArtifacts:
+    """The cell's artifacts, computing the calibration and its derived set at most once.
+
+    The set about to be served is checked first (a corrupt cache entry is refused naming the
+    file, or recalibrated with `recalibrate_invalid`), also when the calibration stage is not
+    selected and nothing else would look at it."""
     p = plan(cell, backend, cache_dir)
     lock = p.entry.with_name(p.entry.name + ".lock")
     with keys.locked(lock, cell.settings.calibration.timeout_s):
-        done = keys.read_done(p.entry)
-        if done is None:
-            done = _calibrate(p, backend)
-        if p.derivation is not None and p.derivation.name not in done["derived"]:
-            done = _derive(p, backend, done)
+        done = _complete(p, backend, keys.read_done(p.entry))
+        problem = _served_problem(p, backend)
+        if problem is not None and recalibrate_invalid:
+            shutil.rmtree(p.entry)
+            done = _complete(p, backend, None)
+            problem = _served_problem(p, backend)
+        if problem is not None:
+            raise problem
     return artifacts(cell, backend, p, done)
+
+
+def _complete(p: Plan, backend: Any, done: dict[str, Any] | None) -> dict[str, Any]:
+    if done is None:
+        done = _calibrate(p, backend)
+    if p.derivation is not None and p.derivation.name not in done.get("derived", {}):
+        done = _derive(p, backend, done)
+    return done
+
+
+def _served_problem(p: Plan, backend: Any) -> keys.InvalidEntry | None:
+    served = _served_recipe(backend, p)
+    device = p.job.device if p.job.device in ("g2", "g3") else None
+    return keys.entry_problem(
+        p.entry, served.quant_config, served.measurement_dir, served.world, device
+    )
 
 
 def _fail(p: Plan, exc: Exception) -> HarnessError:
@@ -109,7 +137,7 @@ def _fail(p: Plan, exc: Exception) -> HarnessError:
     )
 
 
-def _calibrate(p: Plan, backend: Any) -> dict[str, Any]:
+def _calibrate(p: Plan, backend: CalibrationBackend) -> dict[str, Any]:
     source = Path(p.job.source)
     if source.is_absolute() and not source.exists():
         raise HarnessError(
@@ -143,7 +171,7 @@ def _calibrate(p: Plan, backend: Any) -> dict[str, Any]:
     return done
 
 
-def _derive(p: Plan, backend: Any, done: dict[str, Any]) -> dict[str, Any]:
+def _derive(p: Plan, backend: CalibrationBackend, done: dict[str, Any]) -> dict[str, Any]:
     assert p.derivation is not None
     recipe = backend.derivation_recipe(p.job, p.derivation)
     t0 = time.monotonic()
@@ -152,7 +180,7 @@ def _derive(p: Plan, backend: Any, done: dict[str, Any]) -> dict[str, Any]:
     except StepFailed as exc:
         raise _fail(p, exc) from None
     done = json.loads(json.dumps(done))
-    done["derived"][p.derivation.name] = {
+    done.setdefault("derived", {})[p.derivation.name] = {
         "fused": False,
         "derive_s": round(time.monotonic() - t0, 3),
         "steps_s": times,
@@ -172,7 +200,9 @@ def _rank_results(recipe: Recipe) -> list[dict[str, Any]]:
     return out
 
 
-def artifacts(cell: Cell, backend: Any, p: Plan, done: dict[str, Any]) -> CalibrationArtifacts:
+def artifacts(
+    cell: Cell, backend: CalibrationBackend, p: Plan, done: dict[str, Any]
+) -> CalibrationArtifacts:
     """Describe the files the cell serves with (the derived set, or the calibration itself)."""
     base = backend.calibration_recipe(p.job, None)
     served = _served_recipe(backend, p)
@@ -207,7 +237,7 @@ def artifacts(cell: Cell, backend: Any, p: Plan, done: dict[str, Any]) -> Calibr
     )
 
 
-def plan_commands(cell: Cell, backend: Any, workdir: Path) -> list[Command]:
+def plan_commands(cell: Cell, backend: CalibrationBackend, workdir: Path) -> list[Command]:
     """The commands `ensure` would run for `cell`: the calibration, then its derivation unless
     the calibration recipe already does it (calibrate_model.sh -r). A cell that cannot be
     calibrated shows why, as `false` with the message the stage fails with."""
@@ -224,7 +254,7 @@ def plan_commands(cell: Cell, backend: Any, workdir: Path) -> list[Command]:
     return commands
 
 
-def planned_quant_config(cell: Cell, backend: Any, workdir: Path) -> Path | None:
+def planned_quant_config(cell: Cell, backend: CalibrationBackend, workdir: Path) -> Path | None:
     """The QUANT_CONFIG the calibration stage will leave for `cell` (for --plan), or None when
     the cell cannot be calibrated (plan_commands shows why)."""
     try:
@@ -234,12 +264,12 @@ def planned_quant_config(cell: Cell, backend: Any, workdir: Path) -> Path | None
         return None
 
 
-def _served_recipe(backend: Any, p: Plan) -> Recipe:
+def _served_recipe(backend: CalibrationBackend, p: Plan) -> Recipe:
     """The recipe whose set the cell serves: its derivation's, else the calibration's own."""
     if p.derivation is None:
         return backend.calibration_recipe(p.job, None)
     return backend.derivation_recipe(p.job, p.derivation)
 
 
-def _plan_cache(backend: Any, workdir: Path) -> Path:
+def _plan_cache(backend: CalibrationBackend, workdir: Path) -> Path:
     return Path(backend.options.get("cache_dir") or Path(workdir) / "cache")

@@ -324,8 +324,9 @@ class CausalLM(nn.Module):
         return logits[..., : self.vocab]
 
 
-def build(weights: dict, cfg: Any, shard: Shard) -> CausalLM:
+def build(weights: dict[str, Any], cfg: Any, shard: Shard) -> CausalLM:
     """This rank's shard of the vLLM-style model, in eval mode."""
     with torch.no_grad():
         model = CausalLM(weights, cfg, shard)
-    return model.eval()
+    model.eval()
+    return model

@@ -62,7 +62,9 @@ def _rank_config(spec: WorkerSpec, source: str, rank: int, name: str, **changes:
     return path
 
 
-def measure(spec: WorkerSpec, rank: int, weights: dict, cfg: Any, out: dict[str, Any]) -> None:
+def measure(
+    spec: WorkerSpec, rank: int, weights: dict[str, Any], cfg: Any, out: dict[str, Any]
+) -> None:
     import torch
 
     from harness.calibration import inc_cpu
@@ -122,7 +124,9 @@ def postprocess(spec: WorkerSpec, out: dict[str, Any]) -> None:
     out["postprocess_s"] = round(time.monotonic() - t0, 3)
 
 
-def quantize(spec: WorkerSpec, rank: int, weights: dict, cfg: Any, out: dict[str, Any]) -> None:
+def quantize(
+    spec: WorkerSpec, rank: int, weights: dict[str, Any], cfg: Any, out: dict[str, Any]
+) -> None:
     import torch
 
     from harness.calibration import inc_cpu

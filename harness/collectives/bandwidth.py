@@ -9,6 +9,7 @@ lines check out: 258.259144 / 147.576654 = 1.75 = 2*7/8 (8 ranks), 205.899352 / 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -22,7 +23,7 @@ _UNITS = {"g": 1024**3, "m": 1024**2, "k": 1024, "b": 1}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([gmkbGMKB]?)\s*$")
 
 # Bus bandwidth factor per collective, as nccl-tests and hccl_demo apply it.
-_BUS_FACTORS = {
+_BUS_FACTORS: dict[str, Callable[[int], float]] = {
     "all_reduce": lambda n: 2 * (n - 1) / n,
     "all_gather": lambda n: (n - 1) / n,
     "reduce_scatter": lambda n: (n - 1) / n,
@@ -76,7 +77,7 @@ def bus_factor(test: str, nranks: int) -> float:
     if nranks < 1:
         raise HarnessError(f"a collective needs at least one rank, got {nranks}")
     try:
-        return _BUS_FACTORS[test](nranks)
+        return float(_BUS_FACTORS[test](nranks))
     except KeyError:
         known = ", ".join(_BUS_FACTORS)
         raise HarnessError(f"unknown collective {test!r}; known: {known}") from None

@@ -21,15 +21,16 @@ import argparse
 import datetime
 import json
 import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from harness.collectives.bandwidth import BandwidthRow
 from harness.collectives.bandwidth import bus_factor
 from harness.collectives.bandwidth import format_size
 from harness.collectives.bandwidth import parse_size
+from harness.fileio import write_atomic
 
 EXIT_MISMATCH = 3
 PATTERN = 7  # element i of rank r holds (r + 1) + (i mod PATTERN)
@@ -59,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def expected_sum(nranks: int, numel: int):  # noqa: ANN201 - torch is imported lazily
+def expected_sum(nranks: int, numel: int) -> Any:  # torch is imported lazily
     """What every rank must hold after the all_reduce of the pattern."""
     import torch
 
@@ -96,7 +97,7 @@ def _rank_main(rank: int, args: argparse.Namespace, sizes: list[int]) -> None:
         sys.exit(EXIT_MISMATCH)
 
 
-def _one_size(torch, dist, rank: int, args: argparse.Namespace, size: int):  # noqa: ANN001, ANN202
+def _one_size(torch: Any, dist: Any, rank: int, args: argparse.Namespace, size: int) -> Any:
     numel = max(1, size // 4)
     buf = torch.zeros(numel, dtype=torch.float32)
     for _ in range(args.warmup):
@@ -167,10 +168,7 @@ def _report(args: argparse.Namespace, rows: list[BandwidthRow]) -> None:
             "backend": "gloo",
             "rows": [r.as_dict() for r in rows],
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, args.json)
+        write_atomic(args.json, json.dumps(payload, indent=2))
 
 
 def read_figures(path: Path) -> list[BandwidthRow]:
@@ -198,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         while any(p.is_alive() for p in procs):
             failed = [p for p in procs if p.exitcode not in (None, 0)]
             if failed or time.monotonic() > deadline:
-                status = failed[0].exitcode if failed else 1
+                status = (failed[0].exitcode or 1) if failed else 1
                 why = f"{failed[0].name} exited with {status}" if failed else "timed out"
                 print(f"[gloo_bench] {why}; stopping the other ranks", file=sys.stderr)
                 break

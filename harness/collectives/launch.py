@@ -24,6 +24,7 @@ from harness.process import Command
 from harness.process import CommandFailed
 from harness.process import ManagedProcess
 from harness.process import tail
+from harness.process import wait_for
 
 OUTPUT_CAP = 2_000_000  # characters of a node's output brought back through Ray
 
@@ -59,17 +60,11 @@ def run_local(
         for i, cmd in enumerate(commands):
             merged = Command(cmd.argv, {**env, **cmd.env}, cmd.description, cmd.cwd, cmd.node)
             procs.append(ManagedProcess(merged, workdir / log_name(cmd, i)))
-        deadline = time.monotonic() + timeout_s
-        while any(p.poll() is None for p in procs):
-            failed = [p for p in procs if p.poll() not in (None, 0)]
-            if failed:
-                break
-            if time.monotonic() > deadline:
-                first = next(p for p in procs if p.poll() is None)
-                raise CommandFailed(
-                    first.command, f"timed out after {timeout_s:g} s", tail(first.log_path)
-                )
-            time.sleep(0.1)
+        first = wait_for(procs, timeout_s).timed_out
+        if first is not None:
+            raise CommandFailed(
+                first.command, f"timed out after {timeout_s:g} s", tail(first.log_path)
+            )
     finally:
         for proc in procs:  # (stop() waits out its grace while the group's zombies are unreaped)
             proc.stop(grace_s=2.0)
@@ -85,7 +80,7 @@ def _runner_class() -> type:
         """Runs one command on its node in its own process group; `stop` ends that group."""
 
         def __init__(self) -> None:
-            self.proc = None
+            self.proc: Any = None  # subprocess.Popen, imported on the node
 
         def run(
             self,
@@ -201,7 +196,9 @@ def run_on_nodes(
     return outputs
 
 
-def _gather(ray: Any, refs: list[Any], actors: list[Any], timeout_s: float) -> list[dict]:
+def _gather(
+    ray: Any, refs: list[Any], actors: list[Any], timeout_s: float
+) -> list[dict[str, Any]]:
     """Wait for every node; when one fails, stop the others (their collective cannot finish)."""
     pending, done = list(refs), {}
     deadline = time.monotonic() + timeout_s

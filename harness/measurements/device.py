@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.devices import DEVICES as REGISTRY
+from harness.devices import GAUDI_DEVICES
 from harness.measurements.layout import struct_items
 from harness.measurements.model import FileGroup
 from harness.measurements.model import MeasurementFile
@@ -15,8 +17,8 @@ from harness.measurements.report import CheckReport
 from harness.measurements.report import Severity
 from harness.measurements.report import ranks_text
 
-DEVICES = ("g2", "g3")
-FULL_SCALE = {"g2": 240, "g3": 448}
+DEVICES = GAUDI_DEVICES
+FULL_SCALE = {name: REGISTRY[name].fp8_full_scale for name in GAUDI_DEVICES}
 _G2_EXPONENTS = {-8, -4, 0, 4}  # Gaudi2 hardware-aligned scales: step 4 in [2^-8, 2^4]
 
 
@@ -78,12 +80,12 @@ def check_scales(
                 where,
             )
         elif found != device:
-            full = {"g2": 240, "g3": 448}
             report.add(
                 Severity.ERROR,
                 "device-mismatch",
                 f"the {g.method} scale files were computed for {found} ({basis}) but the target "
-                f"is {device}: the FP8 full scale differs ({full[found]} vs {full[device]}); "
+                f"is {device}: the FP8 full scale differs "
+                f"({FULL_SCALE[found]:g} vs {FULL_SCALE[device]:g}); "
                 "delete the scale files so INC recomputes them on the target (or set "
                 "recalc_scales: true)",
                 where,

@@ -271,7 +271,8 @@ def _gather_experts(lay: Layout, stacked: np.ndarray, nodes: list[int], members:
         m = int(sizes[0])
         cols = starts[:, None, None] + np.arange(m)[None, None, :]
         rows = np.broadcast_to(ks[None, :, None], (len(nodes), members - 1, m))
-        return stacked[rows, np.broadcast_to(cols, rows.shape)].ravel()
+        picked: np.ndarray = stacked[rows, np.broadcast_to(cols, rows.shape)].ravel()
+        return picked
     parts = [stacked[k, s : s + n] for s, n in zip(starts, sizes, strict=True) for k in ks]
     return np.concatenate(parts) if parts else stacked[0, :0]
 

@@ -51,9 +51,16 @@ def cells_table(results: list[StageResult]) -> list[str]:
 
 
 def failure_notes(results: list[StageResult]) -> list[str]:
-    """Every failure and skip with its reason (first lines), one bullet each."""
+    """Every failure and skip with its reason (first lines), and every gate that could not be
+    evaluated with the reference it lacked, one bullet each."""
     lines = []
     for r in results:
+        for g in r.gates:
+            if g.get("status") == "unknown":
+                lines.append(
+                    f"- **{r.cell}** [{r.stage}] gate {g.get('metric')} UNKNOWN (not evaluated): "
+                    f"{g.get('missing') or g.get('message')}"
+                )
         if r.status == "passed" or not r.message:
             continue
         first = r.message.strip().splitlines()

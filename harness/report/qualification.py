@@ -23,6 +23,7 @@ from harness.results import StageResult
 from harness.results import read_records
 from harness.results import stage_results
 from harness.results import write_atomic
+from harness.run_ending import ending_line
 
 # metrics followed across runs: (stage, metric, label)
 TREND_METRICS: tuple[tuple[str, str, str], ...] = (
@@ -44,7 +45,11 @@ class Run:
 
 def load_run(store: ResultStore, run_id: str) -> Run:
     path = store.root / run_id / "results.jsonl"
-    context = next((r for r in read_records(path) if r.get("kind") == "run"), {})
+    records = list(read_records(path))
+    context = next((r for r in records if r.get("kind") == "run"), {})
+    end = next((r for r in reversed(records) if r.get("kind") == "end"), None)
+    if end is not None:  # how the run ended (interrupted, internal error) rides with its context
+        context = {**context, "end": end}
     return Run(run_id, context, stage_results(path))
 
 
@@ -72,12 +77,22 @@ def verdict(run: Run) -> tuple[str, str]:
     counts = status_counts(run.results)
     cells = len({r.cell for r in run.results})
     total = len(run.results)
+    ending = ending_line(run.context.get("end") or {})
+    if ending and not counts["failed"]:
+        return "INCOMPLETE", f"the run did not complete: {ending}"
     if counts["failed"]:
         failed_cells = len({r.cell for r in run.results if r.status == "failed"})
         return "NOT QUALIFIED", f"{counts['failed']} stage(s) failed in {failed_cells} cell(s)"
     if counts["skipped"] or not total:
         return "INCOMPLETE", (
             f"{counts['skipped']} of {total} stage(s) skipped: a skipped stage qualifies nothing"
+        )
+    unknown = unknown_gates(run)
+    if unknown:
+        first = unknown[0]
+        return "INCOMPLETE", (
+            f"{len(unknown)} gate(s) could not be evaluated (an unknown gate qualifies nothing): "
+            f"{first[0]} {first[1]}: {first[2]}"
         )
     expected = int(run.context.get("matrix_stages") or 0)  # absent in records before 2026-12
     if total < expected:
@@ -89,6 +104,16 @@ def verdict(run: Run) -> tuple[str, str]:
     return "QUALIFIED", f"all {total} stages of {cells} cell(s) passed their gates"
 
 
+def unknown_gates(run: Run) -> list[tuple[str, str, str]]:
+    """(cell, metric, what reference was missing and how to provide it) of every UNKNOWN gate."""
+    return [
+        (r.cell, str(g.get("metric")), str(g.get("missing") or g.get("message") or ""))
+        for r in run.results
+        for g in r.gates
+        if g.get("status") == "unknown"
+    ]
+
+
 def _emulation(run: Run) -> dict[str, Mapping[str, Any]]:
     """Cells whose serving numbers rest on something this host emulated, with the facts."""
     out: dict[str, Mapping[str, Any]] = {}
@@ -98,7 +123,8 @@ def _emulation(run: Run) -> dict[str, Mapping[str, Any]]:
     return out
 
 
-def _context_lines(run: Run) -> list[str]:
+def context_rows(run: Run) -> list[tuple[str, str]]:
+    """The run's context as (name, value) rows: what ran, where, with which stack."""
     c = run.context
     stage_s = sum(r.duration_s for r in run.results)
     rows = [
@@ -123,7 +149,11 @@ def _context_lines(run: Run) -> list[str]:
     ]
     for name, version in sorted((c.get("versions") or {}).items()):
         rows.append((name, version or "not installed"))
-    return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    return rows
+
+
+def _context_lines(run: Run) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in context_rows(run))]
 
 
 def _wall(run: Run) -> str:
@@ -149,7 +179,9 @@ def _gate_lines(run: Run) -> list[str]:
     lines = ["| cell | metric | value | bound | result |", "|---|---|---|---|---|"]
     for r in run.results:
         for g in r.gates:
-            if g.get("bound") == "vs bf16":  # nothing was compared
+            if g.get("status") == "unknown":
+                result = f"**UNKNOWN**: {g.get('missing') or 'reference missing'}"
+            elif g.get("bound") == "vs bf16":  # records before 2026-12: nothing was compared
                 result = "n/a (the baseline)" if "/bf16-" in r.cell else "n/a (no BF16 cell ran)"
             else:
                 result = "pass" if g.get("passed") else "**FAIL**"

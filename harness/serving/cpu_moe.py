@@ -21,6 +21,8 @@ import math
 import re
 from typing import Any
 
+from harness.devices import DEVICES
+
 logger = logging.getLogger("vllm.harness_inc")
 
 
@@ -43,7 +45,7 @@ def install_ep_fix() -> bool:
             kwargs = {**kwargs, "topk_ids": ids, "topk_weights": weights}
         return original(self, *args, **kwargs)
 
-    apply._harness_ep_fix = True  # type: ignore[attr-defined]
+    vars(apply)["_harness_ep_fix"] = True  # marks the patch, so it is applied once
     CPUUnquantizedExperts.apply = apply
     return True
 
@@ -72,7 +74,7 @@ def fp8_moe_method(base: type) -> type:
     """An UnquantizedFusedMoEMethod that rounds expert weights through FP8 before vLLM
     prepacks them (INC quantize mode only)."""
 
-    class INCQDQFusedMoEMethod(base):  # type: ignore[misc, valid-type]
+    class INCQDQFusedMoEMethod(base):  # type: ignore[misc]
         def process_weights_after_loading(self, layer: Any) -> None:
             for name in ("w13_weight", "w2_weight"):
                 weight = getattr(layer, name, None)
@@ -83,7 +85,9 @@ def fp8_moe_method(base: type) -> type:
     return INCQDQFusedMoEMethod
 
 
-def pow2_scale(maxabs: float, full_scale: float = 448.0, backoff: float = 0.25) -> float:
+def pow2_scale(
+    maxabs: float, full_scale: float = DEVICES["cpu"].fp8_full_scale, backoff: float = 0.25
+) -> float:
     """INC's power-of-two activation scale: 2^ceil(log2(maxabs / (fullscale * backoff)))."""
     return 2.0 ** math.ceil(math.log2(max(maxabs, 1e-12) / (full_scale * backoff)))
 
@@ -97,7 +101,8 @@ def moe_node(module_name: str, ranges: dict[str, Any]) -> dict[str, Any] | None:
     layer = f"layers.{match.group(1)}."
     for key in sorted(k for k in ranges if layer in k and k.endswith("experts.moe_op")):
         if ranges[key].get("inputs"):
-            return ranges[key]
+            found: dict[str, Any] = ranges[key]
+            return found
     return None
 
 
@@ -137,7 +142,9 @@ def input_qdq_hooks(model: Any, ranges: dict[str, Any]) -> tuple[int, int]:
 
 
 def _hook(scale: float, dtype: Any) -> Any:
-    def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def hook(
+        module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if args:
             return (qdq(args[0], scale, dtype), *args[1:]), kwargs
         if "hidden_states" in kwargs:

@@ -20,8 +20,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_in_use(host: str, port: int) -> bool:
-    """True when binding `host:port` fails (another process holds it)."""
+    """True when binding `host:port` fails because something listens there.
+
+    SO_REUSEADDR, as the server itself binds (uvicorn sets it): a TIME-WAIT socket left by the
+    previous cell's server on a fixed `serving.port` does not stop the next one from binding."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -48,7 +52,8 @@ def post_json(url: str, payload: dict[str, Any], timeout_s: float) -> dict[str, 
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (loopback)
-            return json.loads(resp.read().decode("utf-8"))
+            reply: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
+            return reply
     except urllib.error.HTTPError as exc:
         body = exc.read().decode("utf-8", "replace")[:500]
         raise OSError(f"HTTP {exc.code} from {url}: {body}") from None

@@ -79,7 +79,7 @@ def write_local_task(
 ) -> Path:
     """Write `<out_dir>/<name>.yaml`: lm-eval's `base_task` on local files."""
     fmt = "parquet" if splits["test"].suffix == ".parquet" else "json"
-    doc = {
+    doc: dict[str, Any] = {
         "include": str(base_task_yaml(base_task, tasks_dir)),
         "task": name,
         "tag": [],

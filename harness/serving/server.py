@@ -11,8 +11,6 @@ tail and a hint instead of waiting for a timeout.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from harness import progress
 from harness.errors import HarnessError
 from harness.process import Command
 from harness.process import ManagedProcess
@@ -31,29 +30,6 @@ from harness.serving.http import post_json
 from harness.serving.logwatch import FAILURE_PATTERNS
 from harness.serving.logwatch import FailurePattern
 from harness.serving.logwatch import LogWatch
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def stop_group(proc: ManagedProcess, grace_s: float) -> None:
-    """SIGTERM the group, reaping the leader while waiting (an unreaped leader would keep the
-    group 'alive' for the whole grace), then let ManagedProcess SIGKILL what is left."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        proc.poll()
-        if not _group_alive(proc.pgid):
-            break
-        time.sleep(0.1)
-    proc.stop(grace_s=1.0)
-
 
 SMOKE_PROMPT = "Question: Mia has 3 apples and gets 4 more. How many apples does she have?"
 
@@ -144,8 +120,13 @@ class Server:
         """Block until ready; return seconds since start. Fails early on exit/fatal lines."""
         deadline = self.started_at + self.spec.ready_timeout_s
         health = self.base_url + self.spec.health_path
+        progress.phase(f"serving {self.spec.served_name}: starting (log: {self.log_path})")
         while True:
             self.check_alive()
+            progress.update(
+                f"serving {self.spec.served_name}: waiting for {self.spec.health_path}, "
+                f"{time.monotonic() - self.started_at:.0f} s (log: {self.log_path})"
+            )
             if get_status(health) == 200:
                 self.watch.poll()
                 if not self.watch.missing_marks:
@@ -203,7 +184,7 @@ class Server:
 
     def stop(self, grace_s: float = 10.0) -> None:
         if self.process is not None:
-            stop_group(self.process, grace_s)
+            self.process.stop(grace_s)
 
 
 @contextlib.contextmanager

@@ -1,21 +1,12 @@
-"""Stage registry: each stage is a module with `run(ctx, **fixtures)`; imported lazily."""
+"""The stages: one module each (`preflight`, `collectives`, `calibration`, `serving`, `accuracy`,
+`throughput`), each with a `run(ctx, <the fixtures it uses>)` that a suite test names:
+`stage.run(accuracy.run, server=server)` (see runner.py)."""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from typing import Any
-
-from harness.cell import Stage
 from harness.stages.base import GateFailed
 from harness.stages.base import Recorder
 from harness.stages.base import StageContext
 from harness.stages.base import StageSkipped
 
-__all__ = ["GateFailed", "Recorder", "StageContext", "StageSkipped", "runner_for"]
-
-
-def runner_for(stage: Stage) -> Callable[..., Any]:
-    """The `run` function of `harness.stages.<stage>`."""
-    module = importlib.import_module(f"harness.stages.{Stage(stage).value}")
-    return module.run
+__all__ = ["GateFailed", "Recorder", "StageContext", "StageSkipped"]

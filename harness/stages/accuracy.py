@@ -16,14 +16,12 @@ from harness.serving.lmeval import latest_results_file
 from harness.serving.lmeval import parse_results
 from harness.serving.server import ServerFailed
 from harness.stages.base import StageContext
-from harness.stages.base import StageSkipped
 from harness.stages.serving import ServerHandle
 from harness.stages.serving import failure
 
 
-def run(ctx: StageContext, server: ServerHandle | None = None, **_: object) -> None:
-    if server is None:
-        raise StageSkipped("no server for this cell (the server fixture did not start one)")
+def run(ctx: StageContext, server: ServerHandle) -> None:
+    """lm-eval against the cell's server; record both gsm8k metrics, then gate them."""
     cell, rec, backend = ctx.cell, ctx.recorder, ctx.backend
     settings = cell.settings.accuracy
     rec.update(server.facts)
@@ -36,7 +34,8 @@ def run(ctx: StageContext, server: ServerHandle | None = None, **_: object) -> N
             rec.artifact("task", task.include_path)
         log = ctx.workdir / "lm_eval.log"
         rec.artifact("lm_eval_log", log)
-        run_client(command, log, settings.timeout_s, server)
+        run_client(command, log, settings.timeout_s, server, label=f"accuracy {cell.id}",
+                   unit="problems")
         rec.artifact("lm_eval_output", ctx.workdir / LM_EVAL_OUTPUT)
         result = parse_results(latest_results_file(ctx.workdir / LM_EVAL_OUTPUT), task.name)
     except (ServerFailed, CommandFailed) as exc:
@@ -44,10 +43,11 @@ def run(ctx: StageContext, server: ServerHandle | None = None, **_: object) -> N
     except HarnessError as exc:
         raise failure(cell, ctx.stage, exc) from None
     rec.update(result.metrics())
-    bf16 = ctx.bf16_counterpart()
+    reference = ctx.bf16_reference() if cell.is_fp8 else None
+    bf16 = reference.metrics if reference else None
     if bf16 is not None:
         for name in ("exact_match_strict", "exact_match_flexible"):
             if name in bf16:
                 rec.metric(f"{name}_bf16", bf16[name])
                 rec.metric(f"{name}_delta_vs_bf16", round(rec.metrics[name] - bf16[name], 4))
-    ctx.check_gates()
+    ctx.check_gates(reference)

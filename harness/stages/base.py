@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import Backend
+from harness.backends.contracts import Backend
 from harness.cell import Cell
 from harness.cell import Stage
-from harness.cell import bf16_twin_id
 from harness.errors import HarnessError
 from harness.gates import GateOutcome
 from harness.gates import evaluate
+from harness.references import NoReferences
+from harness.references import Reference
+from harness.references import References
 
 
 class StageSkipped(HarnessError):
@@ -47,7 +48,7 @@ class Recorder:
 
 @dataclass
 class StageContext:
-    """Everything a stage needs: the cell, where it runs, where it writes, and the run so far."""
+    """Everything a stage needs: the cell, where it runs, where it writes, and its references."""
 
     cell: Cell
     stage: Stage
@@ -55,30 +56,40 @@ class StageContext:
     workdir: Path
     cache_dir: Path
     recorder: Recorder = field(default_factory=Recorder)
-    # metrics of this run's other cells, by cell id and stage (for FP8-vs-BF16 gates)
-    lookup: Callable[[str, str], Mapping[str, Any] | None] = lambda cell_id, stage: None
+    # the BF16 twin's results (from the run's shared store) for FP8-vs-BF16 gates
+    references: References = field(default_factory=NoReferences)
 
     @property
     def env(self) -> dict[str, str]:
         return self.backend.cell_env(self.cell)
 
-    def bf16_counterpart(self) -> Mapping[str, Any] | None:
-        """Metrics of the BF16 cell with the same model, device and parallelism, if it ran."""
-        if not self.cell.is_fp8:
-            return None
-        return self.lookup(bf16_twin_id(self.cell.id), self.stage.value)
+    def bf16_reference(self) -> Reference:
+        """The BF16 cell with the same model, device and parallelism, or why there is none."""
+        return self.references.bf16_for(self.cell, self.stage.value)
 
-    def check_gates(self) -> list[GateOutcome]:
-        """Evaluate this stage's gates on what was recorded; raise GateFailed listing failures."""
+    def check_gates(self, reference: Reference | None = None) -> list[GateOutcome]:
+        """Evaluate this stage's gates on what was recorded; raise GateFailed listing failures.
+
+        A gate whose reference is missing is recorded UNKNOWN (never a pass) and does not fail
+        the stage: the run's verdict says what was not evaluated and how to provide it."""
+        needs_twin = self.cell.is_fp8 and any(
+            spec.max_drop_vs_bf16 is not None
+            for key, spec in self.cell.gates.items()
+            if key.startswith(f"{self.stage.value}.")
+        )
+        if reference is None and needs_twin:
+            reference = self.bf16_reference()
         outcomes = evaluate(
             self.cell.id,
             self.stage.value,
             self.recorder.metrics,
             self.cell.gates,
-            self.bf16_counterpart(),
+            reference.metrics if reference else None,
+            is_bf16=not self.cell.is_fp8,
+            bf16_missing=reference.missing if reference else "",
         )
         self.recorder.gates.extend(outcomes)
-        failed = [o.message for o in outcomes if not o.passed]
+        failed = [o.message for o in outcomes if o.failed]
         if failed:
             raise GateFailed("\n".join(failed))
         return outcomes

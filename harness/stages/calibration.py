@@ -1,24 +1,30 @@
 """Calibration stage: measure -> postprocess -> quantize once per key, then unify/expand per cell.
 
-`ensure(session, cell)` is what the `calibration` fixture (and serving) call: it returns the
-cell's `CalibrationArtifacts` (see harness/calibration/artifacts.py for how to serve with them),
-or None for a BF16 cell. The calibration itself is cached under `<cache_dir>/calibration/` by
-key (model, device, dataset, samples, measure/quant config, the TP/EP it ran at), under a file
-lock, so it runs once across cells, xdist workers and runs. `run(ctx, calibration)` records the
-stage's figures and checks the set with the measurement toolkit.
+`ensure(backend, cell, cache_dir)` is what the cell's resources (harness/cell_resources.py)
+call: it returns the cell's `CalibrationArtifacts` (see harness/calibration/artifacts.py for how
+to serve with them), or None for a BF16 cell. The calibration itself is cached under
+`<cache_dir>/calibration/` by key (model, device, dataset, samples, measure/quant config, the
+TP/EP it ran at), under a file lock, so it runs once across cells, xdist workers and runs.
+`run(ctx, calibration)` records the stage's figures and checks the set with the measurement
+toolkit.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
+from harness.backends.contracts import Backend
 from harness.calibration.artifacts import CalibrationArtifacts
+from harness.calibration.key import InvalidEntry
 from harness.cell import Cell
 from harness.cell import Stage
+from harness.devices import GAUDI_DEVICES
 from harness.errors import HarnessError
 from harness.errors import StageError
+from harness.fileio import write_atomic
 from harness.stages.base import StageContext
 from harness.stages.base import StageSkipped
 
@@ -26,18 +32,23 @@ from harness.stages.base import StageSkipped
 _ENSURE_S: dict[str, float] = {}
 
 
-def ensure(session: Any, cell: Cell) -> CalibrationArtifacts | None:
-    """Calibration artifacts for `cell` (computed once per key); None for a BF16 cell."""
+def ensure(
+    backend: Backend, cell: Cell, cache_dir: Path, recalibrate_invalid: bool = False
+) -> CalibrationArtifacts | None:
+    """Calibration artifacts for `cell` (computed once per key); None for a BF16 cell. A corrupt
+    cache entry fails naming the file (or is calibrated again with `recalibrate_invalid`)."""
     if not cell.is_fp8:
         return None
-    reason = session.backend.skip_reason(cell, Stage.CALIBRATION)
+    reason = backend.skip_reason(cell, Stage.CALIBRATION)
     if reason:
         raise StageSkipped(reason)
     from harness.calibration import service
 
     t0 = time.monotonic()
     try:
-        artifacts = service.ensure(cell, session.backend, session.options.cache_dir)
+        artifacts = service.ensure(cell, backend, cache_dir, recalibrate_invalid)
+    except InvalidEntry as exc:  # its message names the file and the fix already
+        raise StageError(cell.id, Stage.CALIBRATION.value, str(exc)) from None
     except HarnessError as exc:
         if isinstance(exc, StageError | StageSkipped):
             raise
@@ -50,7 +61,7 @@ def ensure(session: Any, cell: Cell) -> CalibrationArtifacts | None:
     return artifacts
 
 
-def run(ctx: StageContext, calibration: CalibrationArtifacts | None = None, **_: object) -> None:
+def run(ctx: StageContext, calibration: CalibrationArtifacts | None) -> None:
     """Record what the calibration produced and check the set the cell will serve with."""
     if calibration is None:
         raise StageSkipped("a BF16 cell has nothing to calibrate")
@@ -85,9 +96,7 @@ def run(ctx: StageContext, calibration: CalibrationArtifacts | None = None, **_:
     rec.metric("check_ok", report.ok)
     rec.metric("check_warnings", len(report.warnings))
     out = ctx.workdir / "calibration.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"artifacts": a.as_dict(), "check": report.to_dict()}, indent=2),
-                   encoding="utf-8")
+    write_atomic(out, json.dumps({"artifacts": a.as_dict(), "check": report.to_dict()}, indent=2))
     rec.artifact("calibration", out)
     rec.artifact("quant_config", a.quant_config)
     if not report.ok:
@@ -104,5 +113,5 @@ def run(ctx: StageContext, calibration: CalibrationArtifacts | None = None, **_:
 def _check(a: CalibrationArtifacts) -> Any:
     from harness.measurements import check
 
-    device = a.device if a.device in ("g2", "g3") else None
+    device = a.device if a.device in GAUDI_DEVICES else None
     return check(a.measurement_dir, device=device, world=a.world)

@@ -34,7 +34,7 @@ HEAD_HINT = (
 
 def record(ctx: StageContext, rows: Sequence[BandwidthRow], verified: bool | None) -> None:
     """Headline (largest size) under the plain names, every size as `<name>@<size>`."""
-    algbw, busbw = ctx.backend.collectives_metric_names  # type: ignore[attr-defined]
+    algbw, busbw = ctx.backend.collectives_metric_names
     top = headline(rows)
     ctx.recorder.update(
         {
@@ -73,26 +73,26 @@ def _run_all(ctx: StageContext) -> list[CommandOutput]:
         if has_nodes(group):
             outputs += run_on_nodes(
                 group,
-                backend.ray_cluster(cell),  # type: ignore[attr-defined]
-                backend.ray_placement(cell, cell.nodes),  # type: ignore[attr-defined]
+                backend.ray_cluster(cell),
+                backend.ray_placement(cell, cell.nodes),
                 where,
                 ctx.env,
                 timeout,
-                backend.collectives_collect(cell, ctx.workdir),  # type: ignore[attr-defined]
+                backend.collectives_collect(cell, ctx.workdir),
             )
         else:
             outputs += run_local(group, where, ctx.env, timeout)
     return outputs
 
 
-def run(ctx: StageContext, **_: object) -> None:
+def run(ctx: StageContext) -> None:
     """Run the benchmark, keep the logs and figures, then apply the gates."""
     backend, cell = ctx.backend, ctx.cell
-    hint = backend.collectives_hint  # type: ignore[attr-defined]
+    hint = backend.collectives_hint
     outputs = _run_all(ctx)
     for out in outputs:
         ctx.recorder.artifact(out.log_path.relative_to(ctx.workdir).as_posix(), out.log_path)
-    rows, verified = backend.collectives_figures(cell, ctx.workdir, outputs)  # type: ignore[attr-defined]
+    rows, verified = backend.collectives_figures(cell, ctx.workdir, outputs)
     if rows:
         record(ctx, rows, verified)
     failed = [o for o in outputs if not o.ok]

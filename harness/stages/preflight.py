@@ -18,6 +18,7 @@ from typing import Any
 from harness import cluster
 from harness.backends.base import Check
 from harness.backends.base import CheckStatus
+from harness.backends.contracts import PreflightBackend
 from harness.cell import Cell
 from harness.cluster import ClusterFigures
 from harness.cluster import Placement
@@ -66,7 +67,7 @@ def shared_facts(facts: Mapping[str, Any], per_node_env: frozenset[str]) -> dict
     return out
 
 
-def comparable(backend: Any, facts: Mapping[str, Any]) -> dict[str, Any]:
+def comparable(backend: PreflightBackend, facts: Mapping[str, Any]) -> dict[str, Any]:
     """What must agree between nodes: the shared facts plus the backend's (driver, firmware)."""
     return {**shared_facts(facts, backend.per_node_env), **backend.device_facts(facts)}
 
@@ -131,7 +132,7 @@ def ray_check(probe: NodeProbe, placement: Placement, hint: str) -> Check:
             "single-node cell: no Ray needed (preflight.use_ray: true checks it anyway)",
         )
     status = probe.figures.render((placement.resource, "CPU")) if probe.figures else ""
-    facts = {"ray_status": status, "placement": placement.describe()}
+    facts: dict[str, object] = {"ray_status": status, "placement": placement.describe()}
     if probe.problem:
         return Check("ray", CheckStatus.FAIL, probe.problem, hint, facts)
     return Check("ray", CheckStatus.PASS, f"fits {placement.describe()}; {status}", "", facts)
@@ -158,8 +159,7 @@ def vllm_on_workers(probe: NodeProbe, source_dir: str | None) -> Check:
 
 def checks_for(ctx: StageContext) -> list[Check]:
     """The backend's checks on its probe, then Ray, vLLM on the workers, and node agreement."""
-    backend: Any = ctx.backend  # the preflight mixin of cpu or gaudi
-    cell = ctx.cell
+    backend, cell = ctx.backend, ctx.cell
     placement = backend.ray_placement(cell)
     probe = probe_nodes(cell, placement, backend.preflight_spec(cell), backend.starts_local_ray)
     checks = list(backend.preflight_checks(cell, probe.facts))
@@ -170,7 +170,7 @@ def checks_for(ctx: StageContext) -> list[Check]:
     return checks
 
 
-def run(ctx: StageContext, **_: object) -> None:
+def run(ctx: StageContext) -> None:
     """Run every check; any FAIL fails the stage with the fixes."""
     checks = checks_for(ctx)
     agree = checks[-1]

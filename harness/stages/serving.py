@@ -1,10 +1,11 @@
 """Serving stage: one server per cell, kept up for the cell's accuracy and throughput stages.
 
-`serve(session, cell, calibration)` is what the session's per-cell server uses: it asks the
-backend for the command (FP8 cells: `--quantization inc` with the calibration's scales), starts
-it on a free port in its own process group, waits for /health and the backend's log marks,
-sends the smoke chat completion, and stops the whole group when the cell is done (or anything
-fails, times out or is interrupted). `run(ctx, server)` records what serving established.
+`serve(backend, cell, calibration, workdir)` is what the cell's resources
+(harness/cell_resources.py) use: it asks the backend for the command (FP8 cells: `--quantization
+inc` with the calibration's scales), starts it on a free port in its own process group, waits
+for /health and the backend's log marks, sends the smoke chat completion, and stops the whole
+group when the cell is done (or anything fails, times out or is interrupted). `run(ctx, server)`
+records what serving established.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from harness.backends.contracts import Backend
+from harness.backends.contracts import ServingBackend
+from harness.calibration.artifacts import CalibrationArtifacts
 from harness.cell import Cell
 from harness.cell import Stage
 from harness.errors import HarnessError
@@ -63,7 +67,7 @@ def failure(cell: Cell, stage: Stage | str, exc: HarnessError) -> StageError:
     return StageError(cell.id, str(stage), str(exc))
 
 
-def _prechecks(backend: Any, cell: Cell, workdir: Path) -> None:
+def _prechecks(backend: ServingBackend, cell: Cell, workdir: Path) -> None:
     for i, (command, check) in enumerate(backend.serve_prechecks(cell)):
         try:
             output = run_command(command, workdir / f"precheck_{i}.log", timeout_s=120.0)
@@ -75,9 +79,11 @@ def _prechecks(backend: Any, cell: Cell, workdir: Path) -> None:
 
 
 @contextlib.contextmanager
-def serve(session: Any, cell: Cell, calibration: Any) -> Iterator[ServerHandle]:
-    """Start the cell's server and yield its handle; stopped when the block ends."""
-    backend = session.backend
+def serve(
+    backend: Backend, cell: Cell, calibration: CalibrationArtifacts | None, workdir: Path
+) -> Iterator[ServerHandle]:
+    """Start the cell's server (logs and prechecks in `workdir`) and yield its handle; stopped
+    when the block ends."""
     reason = backend.skip_reason(cell, Stage.SERVING)
     if reason:
         raise StageSkipped(reason)
@@ -92,8 +98,6 @@ def serve(session: Any, cell: Cell, calibration: Any) -> Iterator[ServerHandle]:
             f"check models.{cell.model.name}.path in the matrix (a relative path is relative "
             "to the matrix file)",
         )
-    session.open_store()
-    workdir = session.store.cell_dir(cell.id, Stage.SERVING.value)
     settings = cell.settings.serving
     with contextlib.ExitStack() as stack:
         try:  # only the start-up is the serving stage's failure; the block's errors pass
@@ -113,10 +117,8 @@ def serve(session: Any, cell: Cell, calibration: Any) -> Iterator[ServerHandle]:
         )
 
 
-def run(ctx: StageContext, server: ServerHandle | None = None, **_: object) -> None:
+def run(ctx: StageContext, server: ServerHandle) -> None:
     """Record readiness, the smoke request and what the cell is served as."""
-    if server is None:
-        raise StageSkipped("no server for this cell (the server fixture did not start one)")
     rec = ctx.recorder
     rec.artifact("server_log", server.log_path)
     rec.update(server.facts)

@@ -15,14 +15,12 @@ from harness.serving.bench import parse_result
 from harness.serving.client import run_client
 from harness.serving.commands import bench_result_name
 from harness.stages.base import StageContext
-from harness.stages.base import StageSkipped
 from harness.stages.serving import ServerHandle
 from harness.stages.serving import failure
 
 
-def run(ctx: StageContext, server: ServerHandle | None = None, **_: object) -> None:
-    if server is None:
-        raise StageSkipped("no server for this cell (the server fixture did not start one)")
+def run(ctx: StageContext, server: ServerHandle) -> None:
+    """`vllm bench serve` at each concurrency against the cell's server, then the gates."""
     cell, rec, backend = ctx.cell, ctx.recorder, ctx.backend
     settings = cell.settings.throughput
     rec.update(server.facts)
@@ -32,7 +30,8 @@ def run(ctx: StageContext, server: ServerHandle | None = None, **_: object) -> N
         rec.artifact(f"bench_log@c{concurrency}", log)
         result_path = ctx.workdir / bench_result_name(concurrency)
         try:
-            run_client(command, log, settings.timeout_s, server)
+            run_client(command, log, settings.timeout_s, server,
+                       label=f"throughput {cell.id} c={concurrency}")
             data = load_result(result_path)
             metrics = parse_result(data, concurrency, str(result_path))
         except HarnessError as exc:

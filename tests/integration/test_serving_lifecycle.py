@@ -193,7 +193,7 @@ class _Store:
 
 
 class _Session:
-    """The two things `serve` asks of the harness session: its backend and its run store."""
+    """What `serve` is given: a backend (a stand-in server spec) and the serving workdir."""
 
     def __init__(self, tmp_path: Path, mode: str, timeout_s: float = 20.0) -> None:
         self.store = _Store(tmp_path / "run")
@@ -214,8 +214,8 @@ class _Session:
 
         self.backend = Backend()
 
-    def open_store(self) -> None:
-        return None
+    def serve_args(self, cell):
+        return self.backend, cell, None, self.store.cell_dir(cell.id, "serving")
 
 
 def _bf16_cell():
@@ -231,7 +231,7 @@ def test_the_serving_stage_yields_a_handle_and_stops_the_server_after_the_block(
 
     cell = dataclasses.replace(_bf16_cell(), model=dataclasses.replace(
         _bf16_cell().model, path=str(tmp_path)))
-    with serve(_Session(tmp_path, "ok"), cell, None) as handle:
+    with serve(*_Session(tmp_path, "ok").serve_args(cell)) as handle:
         pgid = handle.server.process.pgid
         assert handle.facts == {"emulated": "none"}
         assert handle.smoke["completion_tokens"] == 3
@@ -250,19 +250,19 @@ def test_a_failed_start_is_the_cells_serving_error_and_a_block_error_stays_its_o
     expected = r"tiny-llama/cpu/tp1/bf16-kv-auto \[serving\]: the server process exited with status 3"
     with (
         pytest.raises(StageError, match=expected) as err,
-        serve(_Session(tmp_path, "exit"), cell, None),
+        serve(*_Session(tmp_path, "exit").serve_args(cell)),
     ):
         pass
     assert "the harness restarts nothing" in err.value.hint
     with (
         pytest.raises(ValueError, match="from the block"),
-        serve(_Session(tmp_path, "ok"), cell, None),
+        serve(*_Session(tmp_path, "ok").serve_args(cell)),
     ):
         raise ValueError("from the block")
     missing = dataclasses.replace(cell, model=dataclasses.replace(
         cell.model, path=str(tmp_path / "nowhere")))
     with (
         pytest.raises(StageError, match="no model at .*nowhere"),
-        serve(_Session(tmp_path, "ok"), missing, None),
+        serve(*_Session(tmp_path, "ok").serve_args(missing)),
     ):
         pass

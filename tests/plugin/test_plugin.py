@@ -37,10 +37,12 @@ settings:
 SUITE = """
 import pytest
 
+from harness.stages import preflight
+
 pytestmark = pytest.mark.preflight
 
 def test_preflight(cell, stage):
-    stage.run()
+    stage.run(preflight.run)
 """
 
 # A user-written stage test: the plugin orders, records and blocks it like the shipped suites.
@@ -93,7 +95,10 @@ def test_results_jsonl_has_a_run_line_then_one_record_per_stage(project):
     recs = records(project)
     assert recs[0]["kind"] == "run"
     assert recs[0]["matrix_name"] == "plugtest"
-    stages = [(r["cell"], r["stage"], r["status"]) for r in recs[1:]]
+    # the last line says how the run ended (issue 16): completed, nothing left unrun
+    assert recs[-1]["kind"] == "end" and recs[-1]["status"] == "completed"
+    assert recs[-1]["not_run"] == []
+    stages = [(r["cell"], r["stage"], r["status"]) for r in recs[1:-1]]
     assert stages == [
         ("alpha/cpu/tp1/bf16-kv-auto", "preflight", "passed"),
         ("alpha/cpu/tp1/bf16-kv-auto", "collectives", "passed"),
@@ -116,7 +121,7 @@ def test_a_failed_stage_skips_the_later_stages_of_its_cell_only(project):
     result = run(project, "-rs")
     result.assert_outcomes(passed=2, failed=1, skipped=1)
     result.stdout.fnmatch_lines(["*earlier stage preflight failed: *memory*"])
-    recs = {(r["cell"], r["stage"]): r for r in records(project)[1:]}
+    recs = {(r["cell"], r["stage"]): r for r in records(project) if r["kind"] == "stage"}
     assert recs[("alpha/cpu/tp1/bf16-kv-auto", "collectives")]["status"] == "skipped"
     assert "fix: stop other jobs" in recs[("alpha/cpu/tp1/bf16-kv-auto", "preflight")]["message"]
     assert recs[("beta/cpu/tp1/bf16-kv-auto", "collectives")]["status"] == "passed"
@@ -139,13 +144,15 @@ def test_a_stage_marker_on_the_function_orders_it_like_a_module_marker(pytester)
         test_mixed="""
 import pytest
 
+from harness.stages import preflight
+
 @pytest.mark.collectives
 def test_collectives(cell, stage):
     stage.recorder.metric("probe", 1)
 
 @pytest.mark.preflight
 def test_preflight(cell, stage):
-    stage.run()
+    stage.run(preflight.run)
 """
     )
     result = run(pytester, "-v", "--cells", "alpha/*")

@@ -18,6 +18,7 @@ from harness.errors import StageError
 from harness.gates import GateSpec
 from harness.matrix import load_matrix
 from harness.process import Command
+from harness.references import Reference
 from harness.serving.commands import AccuracyTask
 from harness.stages import accuracy
 from harness.stages import throughput
@@ -68,8 +69,18 @@ def _ctx(tmp_path, stage, gates, backend, bf16=None, fp8=True):
     cell = dataclasses.replace(cell, gates={k: GateSpec(**v) for k, v in gates.items()})
     return StageContext(
         cell=cell, stage=stage, backend=backend, workdir=tmp_path, cache_dir=tmp_path,
-        lookup=lambda cell_id, stage_name: bf16,
+        references=FixedReference(bf16),
     )
+
+
+class FixedReference:
+    """The BF16 twin's metrics as a run's store would give them (None: not in the run)."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def bf16_for(self, cell, stage):
+        return Reference(self.metrics, "test", "" if self.metrics else "no twin in this test")
 
 
 def test_accuracy_records_both_metrics_the_samples_and_the_bf16_comparison(tmp_path):

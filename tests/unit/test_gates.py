@@ -58,8 +58,14 @@ def test_drop_versus_bf16_compares_with_the_bf16_cell():
     (bad,) = evaluate("c", "accuracy", {"em": 0.70}, gates, bf16_metrics={"em": 0.80})
     assert ok.passed and not bad.passed
     assert "bf16 0.8" in bad.bound
-    (missing,) = evaluate("c", "accuracy", {"em": 0.70}, gates, bf16_metrics=None)
-    assert missing.passed and "no BF16 cell" in missing.message
+    # without a reference the gate is UNKNOWN, never a pass (it used to pass unevaluated)
+    (missing,) = evaluate("c", "accuracy", {"em": 0.70}, gates, bf16_metrics=None,
+                          bf16_missing="no BF16 twin c-bf16 in the matrix")
+    assert not missing.passed and missing.unknown and not missing.failed
+    assert "no BF16 twin c-bf16 in the matrix" in missing.message
+    assert missing.as_dict()["status"] == "unknown"
+    # a BF16 cell is the reference: the drop gate does not apply to it
+    assert evaluate("c", "accuracy", {"em": 0.70}, gates, None, is_bf16=True) == []
 
 
 def test_override_merges_fields_into_the_base_gate():

@@ -188,7 +188,7 @@ def test_product_expands_with_readable_stable_ids(tmp_path):
 def test_ids_show_nodes_pp_and_ep_only_when_used(tmp_path):
     text = """
     name: t
-    models: {moe: {moe: true, num_experts: 32}}
+    models: {moe: {hub_id: org/moe, moe: true, num_experts: 32}}
     axes: {device: [g2], tp: [16], pp: [1], ep: [16], nodes: [2], quantization: [fp8], kv_cache_dtype: [fp8_inc]}
     include:
       - {model: moe, device: g2, tp: 8, pp: 2, nodes: 2, quantization: fp8}

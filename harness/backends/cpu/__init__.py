@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import psutil
 
 from harness.backends.base import Inventory
 from harness.backends.common import BackendCore
+from harness.backends.contracts import Backend
 from harness.backends.cpu.calibration import CpuCalibration
 from harness.backends.cpu.collectives import CpuCollectives
 from harness.backends.cpu.preflight import CpuPreflight
@@ -44,3 +46,7 @@ class CpuBackend(CpuPreflight, CpuCollectives, CpuCalibration, CpuServing, Backe
         env = dict(OFFLINE_ENV)
         env.update(self.extra_env(cell))
         return env
+
+
+if TYPE_CHECKING:  # mypy checks that the cpu backend satisfies every stage's contract
+    _conforms: type[Backend] = CpuBackend

@@ -15,7 +15,11 @@ import socket
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
+from typing import cast
 
+from harness.backends.common import BackendCore
+from harness.backends.contracts import CalibrationBackend
 from harness.calibration import config as configs
 from harness.calibration.layout import OutputLayout
 from harness.calibration.recipe import CalibrationJob
@@ -28,6 +32,7 @@ from harness.calibration.spec import QUANTIZE
 from harness.calibration.spec import WorkerSpec
 from harness.cell import Cell
 from harness.errors import HarnessError
+from harness.fileio import replacing
 from harness.process import Command
 
 SYNTHETIC_SEED = 0
@@ -43,10 +48,8 @@ def _tool(*args: str | Path) -> tuple[str, ...]:
     return (sys.executable, "-m", "harness.calibration.tools", *(str(a) for a in args))
 
 
-class CpuCalibration:
-    """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
-
-    options: dict
+class CpuCalibration(BackendCore):
+    """Stage mixin of the backend; see harness/backends/contracts.py for the contracts."""
 
     # what the calibration stage asks ------------------------------------------------------
     def calibration_device(self, cell: Cell) -> str:
@@ -82,13 +85,11 @@ class CpuCalibration:
         generator = h.hexdigest()[:16]
         path = Path(cache_dir) / "calibration-data" / f"synthetic-{s.samples}-{generator}.pkl"
         if materialize and not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            miniature.write_calibration_pickle(tmp, s.samples, SYNTHETIC_SEED)
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                miniature.write_calibration_pickle(tmp, s.samples, SYNTHETIC_SEED)
         return path, f"synthetic:n={s.samples}:seed={SYNTHETIC_SEED}:gen={generator}"
 
-    def calibration_configs(self, job: CalibrationJob) -> tuple[dict, dict]:
+    def calibration_configs(self, job: CalibrationJob) -> tuple[dict[str, Any], dict[str, Any]]:
         return (
             configs.cpu_measure_config(job.out, job.model, job.device),
             configs.cpu_quant_config(job.out, job.model, job.device, job.scale_method),
@@ -163,7 +164,7 @@ class CpuCalibration:
         if d.expand_world is None:
             flags = ["-u"] if d.expert_parallel else []
             steps.append(Step("unify", (Command(
-                _tool("unify", "-m", src, "-o", final, "-r", d.unify_ranks, *flags),
+                _tool("unify", "-m", src, "-o", final, "-r", str(d.unify_ranks), *flags),
                 description=f"step 5: unify {job.world} ranks to {d.unify_ranks}"),)))
         else:
             cur = src
@@ -171,7 +172,7 @@ class CpuCalibration:
                 nxt = layout.model_dir / f"{job.device}-unified-tp1"
                 flags = (["-u"] if d.expert_parallel else []) + (["-s"] if d.skip_scales else [])
                 steps.append(Step("unify", (Command(
-                    _tool("unify", "-m", cur, "-o", nxt, "-r", d.unify_ranks, *flags),
+                    _tool("unify", "-m", cur, "-o", nxt, "-r", str(d.unify_ranks), *flags),
                     description=f"step 5: unify {job.world} ranks to 1"),)))
                 cur = nxt
             if d.postprocess:
@@ -183,10 +184,10 @@ class CpuCalibration:
                     description="step 3: postprocess the unified set"),)))
                 cur = nxt
             steps.append(Step("expand", (Command(
-                _tool("expand", "-m", cur, "-o", final, "-w", d.expand_world),
+                _tool("expand", "-m", cur, "-o", final, "-w", str(d.expand_world)),
                 description=f"step 6: expand to {d.expand_world} ranks"),)))
         _, quant = self.calibration_configs(dataclass_replace(job, out=out))
-        writes: dict[Path, dict] = {layout.quant_config: quant}
+        writes: dict[Path, dict[str, Any]] = {layout.quant_config: quant}
         results: tuple[Path, ...] = ()
         if d.expand_world is not None:
             work = out / "work"
@@ -202,10 +203,10 @@ class CpuCalibration:
     def plan_calibration(self, cell: Cell, workdir: Path) -> list[Command]:
         from harness.calibration import service
 
-        return service.plan_commands(cell, self, workdir)
+        return service.plan_commands(cell, cast("CalibrationBackend", self), workdir)
 
 
 def dataclass_replace(job: CalibrationJob, **changes: object) -> CalibrationJob:
     import dataclasses
 
-    return dataclasses.replace(job, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(job, **changes)  # type: ignore[arg-type]  # (typed **changes)

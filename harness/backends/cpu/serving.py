@@ -14,8 +14,12 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from typing import cast
 
+from harness.backends.common import BackendCore
+from harness.backends.contracts import CalibrationBackend
 from harness.backends.serving_plans import ServingPlans
+from harness.calibration.artifacts import CalibrationArtifacts
 from harness.cell import Cell
 from harness.process import Command
 from harness.serving.commands import AccuracyTask
@@ -54,10 +58,8 @@ def tool(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-class CpuServing(ServingPlans):
-    """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
-
-    options: dict
+class CpuServing(ServingPlans, BackendCore):
+    """Stage mixin of the backend; see harness/backends/contracts.py for the contracts."""
 
     # facts -------------------------------------------------------------------------------
     def served_name(self, cell: Cell) -> str:
@@ -99,7 +101,7 @@ class CpuServing(ServingPlans):
 
     # serving -------------------------------------------------------------------------------
     def serve_env(
-        self, cell: Cell, calibration: Any, workdir: Path | None = None
+        self, cell: Cell, calibration: CalibrationArtifacts | None, workdir: Path | None = None
     ) -> dict[str, str]:
         env = dict(self.cell_env(cell))
         env["VLLM_TARGET_DEVICE"] = "cpu"  # the vllm dist-info shim hides the +cpu version
@@ -117,17 +119,24 @@ class CpuServing(ServingPlans):
         env.update(cell.settings.serving.env)
         return env
 
-    def _quant_config(self, cell: Cell, calibration: Any, workdir: Path | None) -> Path | str:
+    def _quant_config(
+        self, cell: Cell, calibration: CalibrationArtifacts | None, workdir: Path | None
+    ) -> Path | str:
         """The calibration's QUANT_CONFIG; for --plan (no calibration yet) where it will be."""
         if calibration is not None:
             return calibration.quant_config
         from harness.calibration import service
 
-        planned = service.planned_quant_config(cell, self, workdir) if workdir else None
+        backend = cast("CalibrationBackend", self)  # this mixin is part of the whole backend
+        planned = service.planned_quant_config(cell, backend, workdir) if workdir else None
         return planned or QUANT_CONFIG_PLACEHOLDER
 
     def serve_command(
-        self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
+        self,
+        cell: Cell,
+        port: int,
+        calibration: CalibrationArtifacts | None,
+        workdir: Path | None = None,
     ) -> Command:
         s = cell.settings.serving
         kv = cell.kv_cache_dtype if self.kv_cache_mode(cell) != "emulated" else "auto"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+from typing import Any
+
 from harness.backends.base import Inventory
 from harness.backends.common import BackendCore
+from harness.backends.contracts import Backend
 from harness.backends.gaudi.calibration import GaudiCalibration
 from harness.backends.gaudi.collectives import GaudiCollectives
 from harness.backends.gaudi.discovery import discover
@@ -19,7 +23,7 @@ class GaudiBackend(GaudiPreflight, GaudiCollectives, GaudiCalibration, GaudiServ
     name = "gaudi"
     devices = frozenset({"g2", "g3"})
 
-    def __init__(self, options: dict | None = None) -> None:
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
         self._inventory: Inventory | None = None
 
@@ -48,3 +52,7 @@ class GaudiBackend(GaudiPreflight, GaudiCollectives, GaudiCalibration, GaudiServ
             env["PT_HPU_ENABLE_LAZY_COLLECTIVES"] = "true"
         env.update(self.extra_env(cell))
         return env
+
+
+if TYPE_CHECKING:  # mypy checks that the gaudi backend satisfies every stage's contract
+    _conforms: type[Backend] = GaudiBackend

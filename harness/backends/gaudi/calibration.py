@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
+from typing import cast
 
+from harness.backends.common import BackendCore
+from harness.backends.contracts import CalibrationBackend
 from harness.backends.gaudi.discovery import CARDS_PER_NODE
 from harness.calibration import config as configs
 from harness.calibration.key import file_digest
@@ -53,10 +57,8 @@ def _dir(path: Path) -> str:
     return str(path).rstrip("/") + "/"
 
 
-class GaudiCalibration:
-    """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
-
-    options: dict
+class GaudiCalibration(BackendCore):
+    """Stage mixin of the backend; see harness/backends/contracts.py for the contracts."""
 
     # what the calibration stage asks ------------------------------------------------------
     def calibration_device(self, cell: Cell) -> str:
@@ -88,7 +90,7 @@ class GaudiCalibration:
         path = Path(dataset)
         return path, file_digest(path) if path.is_file() else f"path:{path}"
 
-    def calibration_configs(self, job: CalibrationJob) -> tuple[dict, dict]:
+    def calibration_configs(self, job: CalibrationJob) -> tuple[dict[str, Any], dict[str, Any]]:
         """What the script will write (for the key); a branch we cannot predict is named."""
         rule = configs.rule_for(job.model)
         if not rule.verified:
@@ -199,4 +201,4 @@ class GaudiCalibration:
     def plan_calibration(self, cell: Cell, workdir: Path) -> list[Command]:
         from harness.calibration import service
 
-        return service.plan_commands(cell, self, workdir)
+        return service.plan_commands(cell, cast("CalibrationBackend", self), workdir)

@@ -6,10 +6,11 @@ import shutil
 import subprocess
 
 from harness.backends.base import Inventory
+from harness.devices import DEVICES
 
 # hl-smi / HLML report product names like "HL-225" (Gaudi2) and "HL-325L" (Gaudi3).
 _GENERATION_BY_PREFIX = {"HL-2": "g2", "HL-3": "g3"}
-CARDS_PER_NODE = 8  # a Gaudi2/Gaudi3 server holds 8 cards (OAM modules)
+CARDS_PER_NODE = DEVICES["g2"].cards_per_node  # a Gaudi2/Gaudi3 server: 8 cards (OAM)
 NO_GAUDI_HINT = "install the Habana driver and hl-smi, or use --backend cpu"
 
 

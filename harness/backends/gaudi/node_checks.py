@@ -43,13 +43,34 @@ def parse_nic_status(output: str) -> tuple[int, int]:
     return up, down
 
 
-def command_output(facts: dict[str, Any], name: str) -> tuple[int | None, str]:
+def command_output(facts: Mapping[str, Any], name: str) -> tuple[int | None, str]:
     got = facts.get("commands", {}).get(name, {})
     return got.get("rc"), got.get("out", "")
 
 
 def per_node(nodes: Facts) -> list[tuple[str, dict[str, Any]]]:
     return list(nodes.items())
+
+
+def required_env(names: list[str], nodes: Facts) -> list[Check]:
+    """`preflight.required_env`: set on every node. The probe reports each required name as set
+    or not (`env_set`); it used to gather a fixed list, so any other name read as "not set"."""
+    checks = []
+    for var in names:
+        unset = [
+            n
+            for n, f in per_node(nodes)
+            if not f.get("env_set", {}).get(var, bool(f.get("env", {}).get(var)))
+        ]
+        checks.append(
+            Check(
+                f"env.{var}",
+                CheckStatus.FAIL if unset else CheckStatus.PASS,
+                f"not set on {', '.join(unset)}" if unset else "set on every node",
+                f"export {var}=... on every node before `ray start`" if unset else "",
+            )
+        )
+    return checks
 
 
 def device_health(nodes: Facts) -> Check:
@@ -79,7 +100,8 @@ def device_health(nodes: Facts) -> Check:
 
 
 def nic_ports(cell: Cell, nodes: Facts) -> Check:
-    down, missing, ups = [], [], {}
+    down, missing = [], []
+    ups: dict[str, object] = {}
     for node, facts in per_node(nodes):
         rc, out = command_output(facts, "nic")
         if rc is None or rc == 127 or "No such file" in out:

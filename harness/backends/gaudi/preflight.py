@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from harness import cluster
 from harness.backends.base import Check
 from harness.backends.base import CheckStatus
+from harness.backends.common import BackendCore
 from harness.backends.gaudi.discovery import CARDS_PER_NODE
 from harness.backends.gaudi.discovery import generation_of
 from harness.backends.gaudi.node_checks import GEN_DIR
@@ -30,6 +32,7 @@ from harness.backends.gaudi.node_checks import multi_node_env
 from harness.backends.gaudi.node_checks import nic_ports
 from harness.backends.gaudi.node_checks import per_node
 from harness.backends.gaudi.node_checks import quant_config_buffer
+from harness.backends.gaudi.node_checks import required_env
 from harness.cell import Cell
 from harness.process import Command
 
@@ -77,10 +80,10 @@ def firmware_versions(output: str) -> list[str]:
     return sorted(set(_VERSION.findall(output)))
 
 
-class GaudiPreflight:
+class GaudiPreflight(BackendCore):
     """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
 
-    stack_packages = PACKAGES
+    stack_packages: tuple[str, ...] = PACKAGES
     ray_hint = cluster.RAY_START_HINT
     starts_local_ray = False  # the seeds' cluster is started by hand; the harness connects
     per_node_env = PER_NODE_ENV
@@ -113,6 +116,7 @@ class GaudiPreflight:
             paths["model"] = str(Path(cell.model.path) / "config.json")
         return {
             "env": list(NODE_ENV),
+            "env_set": list(cell.settings.preflight.required_env),  # the cell's, not a fixed list
             "env_paths": ["QUANT_CONFIG"],
             "packages": list(PACKAGES),
             "modules": list(MODULES),
@@ -140,7 +144,7 @@ class GaudiPreflight:
             cmds += cluster.start_commands(nodes, head, port)
         return cmds
 
-    def device_facts(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def device_facts(self, facts: Mapping[str, Any]) -> dict[str, Any]:
         """Driver and firmware versions join python, packages and env in the comparison."""
         devices = parse_devices(command_output(facts, "devices")[1])
         return {
@@ -162,16 +166,7 @@ class GaudiPreflight:
         if cell.device == "g2" and cell.model.architecture == "deepseek_v3":
             checks.append(converted_weights(cell))
         checks.append(cpu_governor(cell, nodes))
-        for var in cell.settings.preflight.required_env:
-            unset = [n for n, f in per_node(nodes) if not f.get("env", {}).get(var)]
-            checks.append(
-                Check(
-                    f"env.{var}",
-                    CheckStatus.FAIL if unset else CheckStatus.PASS,
-                    f"not set on {', '.join(unset)}" if unset else "set on every node",
-                    f"export {var}=... on every node before `ray start`" if unset else "",
-                )
-            )
+        checks += required_env(cell.settings.preflight.required_env, nodes)
         return checks
 
     def _devices(self, cell: Cell, nodes: Facts) -> Check:
@@ -180,7 +175,7 @@ class GaudiPreflight:
         problems, seen = [], {}
         for node, facts in per_node(nodes):
             if node == "local":
-                inv = self.inventory()  # type: ignore[attr-defined]
+                inv = self.inventory()
                 if not inv.available:
                     problems.append(f"{node}: {inv.missing_reason}")
                     continue

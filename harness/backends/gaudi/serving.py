@@ -21,7 +21,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from harness.backends.common import BackendCore
 from harness.backends.serving_plans import ServingPlans
+from harness.calibration.artifacts import CalibrationArtifacts
 from harness.cell import Cell
 from harness.errors import HarnessError
 from harness.process import Command
@@ -48,10 +50,8 @@ def ray_hpus(status_output: str) -> tuple[float, float] | None:
     return (float(match.group(1)), float(match.group(2))) if match else None
 
 
-class GaudiServing(ServingPlans):
-    """Stage mixin of the backend; see harness/backends/base.py for the protocol."""
-
-    options: dict
+class GaudiServing(ServingPlans, BackendCore):
+    """Stage mixin of the backend; see harness/backends/contracts.py for the contracts."""
 
     # facts -------------------------------------------------------------------------------
     def served_name(self, cell: Cell) -> str:
@@ -78,7 +78,9 @@ class GaudiServing(ServingPlans):
         return Path(root) / name
 
     # serving -------------------------------------------------------------------------------
-    def inc_prefix(self, cell: Cell, calibration: Any, workdir: Path) -> Path:
+    def inc_prefix(
+        self, cell: Cell, calibration: CalibrationArtifacts | None, workdir: Path
+    ) -> Path:
         """INC_MEASUREMENT_DUMP_PATH_PREFIX: `<workdir>/inc_prefix`, populated with links to
         the calibration's files when a calibration is given (at run time, not for --plan).
         Multi-node cells put it beside the calibration's measurements instead (the NFS folder
@@ -102,7 +104,9 @@ class GaudiServing(ServingPlans):
         link_measurements(Path(calibration.dump_stats_path), prefix / dump)
         return prefix
 
-    def serve_env(self, cell: Cell, calibration: Any, workdir: Path) -> dict[str, str]:
+    def serve_env(
+        self, cell: Cell, calibration: CalibrationArtifacts | None, workdir: Path
+    ) -> dict[str, str]:
         s = cell.settings.serving
         env = dict(self.cell_env(cell))
         if cell.is_fp8:
@@ -123,7 +127,11 @@ class GaudiServing(ServingPlans):
         return env
 
     def serve_command(
-        self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
+        self,
+        cell: Cell,
+        port: int,
+        calibration: CalibrationArtifacts | None,
+        workdir: Path | None = None,
     ) -> Command:
         s = cell.settings.serving
         argv = ["vllm", "serve", str(cell.model.source)]
