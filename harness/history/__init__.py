@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from harness.history.context import RunContext
     from harness.history.context import differences
     from harness.history.context import local_fingerprint
+    from harness.history.dashboard import change_points
+    from harness.history.dashboard import dashboard_source
     from harness.history.importer import ImportSummary
     from harness.history.importer import import_runs
     from harness.history.query import Point
@@ -44,6 +46,8 @@ _LAZY = {
     "Point": "harness.history.query",
     "RunContext": "harness.history.context",
     "StoredResult": "harness.history.query",
+    "change_points": "harness.history.dashboard",
+    "dashboard_source": "harness.history.dashboard",
     "default_url": "harness.history.url",
     "differences": "harness.history.context",
     "import_runs": "harness.history.importer",
@@ -66,6 +70,8 @@ __all__ = [
     "Point",
     "RunContext",
     "StoredResult",
+    "change_points",
+    "dashboard_source",
     "default_url",
     "differences",
     "import_runs",

@@ -55,9 +55,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from harness.history.show import plot_series
     from harness.history.show import render_series
     from harness.history.store import History
+    from harness.history.url import require_existing
 
     url = args.db or _default_db()
-    _require_existing(url)
+    require_existing(url, "load runs first with `harness history import reports/*` (or give --db)")
     history = History.open(url)
     try:
         found = history.series(args.cell, args.metric)
@@ -68,19 +69,6 @@ def _cmd_show(args: argparse.Namespace) -> int:
         shown = {c: p[-args.last:] if args.last else p for c, p in found.items()}
         print(f"plot: {plot_series(shown, args.metric, Path(args.plot))}")
     return 0
-
-
-def _require_existing(url: str) -> None:
-    """Reading must not create an empty SQLite file where the user mistyped a path."""
-    from harness.history.url import HistoryError
-    from harness.history.url import parse_url
-
-    parsed = parse_url(url)
-    if parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).is_file():
-        raise HistoryError(
-            f"{parsed.database}: no history database here; load runs first with "
-            "`harness history import reports/*` (or give --db)"
-        )
 
 
 def _positive(text: str) -> int:

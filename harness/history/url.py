@@ -68,6 +68,13 @@ def safe(url: URL | str) -> str:
     return str(url.render_as_string(hide_password=True))
 
 
+def require_existing(url: str, what_to_do: str) -> None:
+    """Reading must not create an empty SQLite file where the user mistyped a path."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).is_file():
+        raise HistoryError(f"{parsed.database}: no history database here; {what_to_do}")
+
+
 def create_engine(url: URL, timeout_s: float = 5.0) -> sa.Engine:
     """An engine that gives up after `timeout_s` on a locked file or a silent server."""
     if url.get_backend_name() == "sqlite":
