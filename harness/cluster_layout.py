@@ -182,7 +182,8 @@ def nodes_needed(cell: Cell, cards_per_node: int) -> int:
     if cell.is_fp8 and cell.runs("calibration"):
         cal = cell.settings.calibration
         tp, ep = cal.calibrate_tp or cell.tp, cal.calibrate_ep or cell.ep
-        nodes = max(nodes, nodes_for(ranks(tp, cell.pp, ep), cards_per_node))
+        # calibrate_model.sh has no PP (-t only): the calibration's ranks are TP x EP/TP
+        nodes = max(nodes, nodes_for(ranks(tp, 1, ep), cards_per_node))
     return nodes
 
 

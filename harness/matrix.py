@@ -243,7 +243,7 @@ def expand(spec: MatrixSpec, path: Path) -> list[Cell]:
             backend_options=options,
             index=len(cells),
         )
-        reason = invalid_reason(cell)
+        reason = invalid_reason(cell) or backend_reason(spec.backend, cell)
         if reason:
             raise MatrixError(path, f"cell {cell_id}", reason)
         cells.append(cell)
@@ -303,6 +303,16 @@ def _resolve_model_path(matrix_path: Path, model_path: str | None) -> str | None
     if model_path is None or Path(model_path).is_absolute():
         return model_path
     return str((matrix_path.parent / model_path).resolve())
+
+
+def backend_reason(backend: str | None, cell: Cell) -> str | None:
+    """A backend's own load-time refusal: on gaudi, a cell its serving stack cannot serve
+    (issue 12; the rules live in harness/backends/gaudi/stacks.py)."""
+    if backend == "cpu" or cell.device not in ("g2", "g3"):
+        return None
+    from harness.backends.gaudi.stacks import cell_reason
+
+    return cell_reason(cell)
 
 
 def invalid_reason(cell: Cell) -> str | None:

@@ -74,7 +74,7 @@ class CollectivesSettings(_Strict):
     size_range_inc: int = Field(default=1, ge=1)  # hccl_demo --size_range_inc
     comm_port: int = Field(default=5555, ge=1, le=65535)  # HCCL_COMM_ID=<head>:<port> (seed 003)
     hccl_demo_dir: str = "hccl_demo"  # where `make` built it (relative: to pytest's cwd)
-    csv: bool = False  # hccl_demo --csv_path into the stage's directory
+    csv: bool = False  # hccl_demo --result_csv into the stage's directory
     warmup: int = Field(default=2, ge=0)  # gloo only
     # gloo only: fewer than `loop` iterations past this
     max_seconds_per_size: float = Field(default=1.0, gt=0)
@@ -114,6 +114,9 @@ class CalibrationSettings(_Strict):
     scripts_dir: str = "vllm-gaudi/calibration"  # gaudi: where calibrate_model.sh and steps live
     # gaudi multi-node (TP > 8): QUANT_CONFIG buffer file on NFS that every node reads
     quant_config_buffer: str | None = None
+    # gaudi: a measurement set already on disk (seed 003 downloads them), used instead of
+    # measuring; checked for the cell's world and derived like the harness's own
+    source: str | None = None
 
 
 class ServingSettings(_Strict):
@@ -199,6 +202,9 @@ class BackendOptions(_Strict):
     head_ip: str | None = None  # the head node's IP for multi-node commands
     vllm_fork_dir: str | None = None  # gaudi: the vllm-fork checkout (its scripts/quant_configs)
     quant_configs_dir: str | None = None  # gaudi: INC quant configs, if not under vllm_fork_dir
+    # gaudi: the serving stack whose flags, env and files the cell uses
+    # (harness/backends/gaudi/stacks.py); None: vllm-gaudi (upstream vLLM + the plugin)
+    stack: Literal["vllm-gaudi", "vllm-fork"] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Only the keys the matrix set, so that an override adds to the matrix's options."""

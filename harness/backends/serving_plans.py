@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import Protocol
 
@@ -19,6 +20,9 @@ from harness.cell import Cell
 from harness.process import Command
 from harness.serving.inc_plugin import READY_MARK
 from harness.serving.server import ServerSpec
+
+if TYPE_CHECKING:
+    from harness.serving.commands import AccuracyTask
 
 PLAN_PORT = 8688  # the seeds' port, shown by --plan; a run picks a free port
 
@@ -41,6 +45,30 @@ class ServingParts(ServingBackend, ClientBackend, Protocol):
 
 class ServingPlans:
     """Mixin: the server spec and plans, from the serving mixin's `ServingParts`."""
+
+    if TYPE_CHECKING:  # what the backend's serving mixin provides
+
+        def serve_command(
+            self, cell: Cell, port: int, calibration: Any, workdir: Path | None = None
+        ) -> Command: ...
+
+        def serve_prechecks(self, cell: Cell) -> list[tuple[Command, Any]]: ...
+
+        def served_name(self, cell: Cell) -> str: ...
+
+        def serving_facts(self, cell: Cell) -> dict[str, Any]: ...
+
+        def accuracy_task(
+            self, cell: Cell, workdir: Path, write: bool = True
+        ) -> AccuracyTask: ...
+
+        def accuracy_command(
+            self, cell: Cell, base_url: str, task: AccuracyTask, workdir: Path
+        ) -> Command: ...
+
+        def bench_command(
+            self, cell: Cell, base_url: str, concurrency: int, workdir: Path
+        ) -> Command: ...
 
     def server_spec(
         self: ServingParts,
@@ -73,7 +101,9 @@ class ServingPlans:
         if not port:
             note = cmd.description + "; a run picks a free port"
             cmd = dataclasses.replace(cmd, description=note)
-        return [*checks, cmd]
+        exports = getattr(self, "plan_ray_exports", None)
+        before = list(exports(cell, cmd)) if exports is not None else []
+        return [*before, *checks, cmd]
 
     def plan_accuracy(self: ServingParts, cell: Cell, workdir: Path) -> list[Command]:
         task = self.accuracy_task(cell, workdir, write=False)

@@ -49,6 +49,11 @@ class CalibrationJob:
     scripts_dir: str | None = None  # gaudi: vllm-gaudi/calibration
     quant_config_buffer: str | None = None  # gaudi multi-node: QUANT_CONFIG buffer on NFS
     env: tuple[tuple[str, str], ...] = ()  # backend_options.env of the cell (not in the key)
+    # gaudi: the serving stack whose procedure measures (vllm-gaudi calibrate_model.sh, or the
+    # fork's run_inc_calib.sh); in the key through the measure config it implies
+    stack: str = "vllm-gaudi"
+    fork_dir: str | None = None  # gaudi vllm-fork: the checkout run_inc_calib.sh runs in
+    source_set: str | None = None  # gaudi: a pre-made measurement set to use (not measured)
 
     @property
     def world(self) -> int:

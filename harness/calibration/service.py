@@ -72,6 +72,7 @@ def plan(
         scripts_dir=s.scripts_dir,
         quant_config_buffer=s.quant_config_buffer,
         env=tuple(sorted(backend.extra_env(cell).items())),
+        **(backend.calibration_stack(cell) if hasattr(backend, "calibration_stack") else {}),
     )
     measure_cfg, quant_cfg = backend.calibration_configs(job)
     key = keys.CalibrationKey(
@@ -144,7 +145,8 @@ def _calibrate(p: Plan, backend: CalibrationBackend) -> dict[str, Any]:
             f"{source}: model directory not found (for the miniatures: build them with the "
             "set-up, `make setup`; otherwise fix the model path in the matrix)"
         )
-    if not p.job.dataset.is_file():
+    named = getattr(backend, "dataset_by_name", None)
+    if not p.job.dataset.is_file() and not (named is not None and named(p.job.dataset)):
         raise HarnessError(
             f"{p.job.dataset}: calibration dataset not found (settings.calibration.dataset)"
         )

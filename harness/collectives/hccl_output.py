@@ -1,5 +1,14 @@
-"""Parsers for HabanaAI/hccl_demo output: `[BENCHMARK]` blocks, the `[SUMMARY REPORT]` table of
-`--size_range` runs, and the per-rank file written with `--csv_path`.
+"""Parsers for HabanaAI/hccl_demo output: `[BENCHMARK]` blocks, the summary table of
+`--size_range` runs, the per-rank result CSV, and the per-rank data checks.
+
+Current layout (hccl_demo.cpp @f623d69): `describeStat` (lines 666-727) prints the
+`[BENCHMARK]` block and appends `test,rank,dtype,size,loop,<nw> GB/s,<algo> GB/s` to the
+`--result_csv` file (run_hccl_demo.py:151 passes it as HCCL_DEMO_RESULT_CSV); `printReport`
+(lines 900-975) prints `[BANDWIDTH SUMMARY REPORT]` with columns `size count type [redop] time
+algoBW nw_bw`, every value with its unit (formatTime "x ms", formatBW "x GB/s", common.h:241-253);
+the data check (line 627-655) is `rank=N size=S <dtype> Input Buffer [...] ... which is fine.`.
+Older releases (before cccd1e8, 2024-12-30): `--csv_path`, a 6-column CSV without algo
+bandwidth, `[SUMMARY REPORT]` with `algo_bw`, and `hccl_rank=N` check lines; all still parsed.
 
 Formats (hccl_demo.cpp `describe_stat` / `print_report`; the seeds' real lines):
 
@@ -44,7 +53,8 @@ _HEADER = re.compile(r"\[BENCHMARK\]\s+(hccl\w+)\((.*)\)\s*$")
 _FIGURE = re.compile(
     r"\[BENCHMARK\]\s+(NW Bandwidth|Algo Bandwidth|Bandwidth)\s*:\s*([\d.]+)\s*([KMG]?B/s)", re.I
 )
-_CHECK = re.compile(r"hccl_rank=(\d+).*which is (fine|bad)\.", re.I)
+_CHECK = re.compile(r"(?:hccl_)?rank=(\d+).*which is (fine|bad)\.", re.I)
+_BW_VALUE = re.compile(r"([\d.]+)\s*([KMG]?B/s)", re.I)
 _SUMMARY_ID = re.compile(r"collective=(\w+),\s*iterations=(\d+)")
 
 
@@ -159,7 +169,8 @@ def parse_summary(text: str, nranks: int = 0) -> HcclReport:
     lines = text.splitlines()
     for line in lines:
         _note_check(report, line)
-    start = next((i for i, line in enumerate(lines) if "[SUMMARY REPORT]" in line), None)
+    start = next((i for i, line in enumerate(lines)
+                  if "[SUMMARY REPORT]" in line or "[BANDWIDTH SUMMARY REPORT]" in line), None)
     if start is None:
         return report
     iterations = 0
@@ -178,18 +189,26 @@ def parse_summary(text: str, nranks: int = 0) -> HcclReport:
             if report.rows and not cols:
                 break
             continue
-        if len(cols) != len(header) or not cols[0].isdigit():
+        if not cols[0].isdigit():
             break
-        values = dict(zip(header, cols, strict=True))
-        size, algo = int(values["size"]), float(values["algo_bw"])
+        bandwidths = _BW_VALUE.findall(line)
+        if len(bandwidths) == 2:  # current layout: "<algo> GB/s <nw> GB/s" (algoBW, nw_bw)
+            (algo_v, algo_u), (nw_v, nw_u) = bandwidths
+            algo, nw = _gbps(algo_v, algo_u), _gbps(nw_v, nw_u)
+        elif len(cols) == len(header):
+            values = dict(zip(header, cols, strict=True))
+            algo, nw = float(values["algo_bw"]), float(values["nw_bw"])
+        else:
+            break
+        size = int(cols[0])
         report.rows.append(
             BandwidthRow(
                 size_bytes=size,
                 algbw_gbps=algo,
-                busbw_gbps=float(values["nw_bw"]),
+                busbw_gbps=nw,
                 nranks=nranks,
-                count=int(values["count"]),
-                dtype=values.get("type", "float"),
+                count=int(cols[1]),
+                dtype=cols[2] if len(cols) > 2 else "float",
                 iterations=iterations,
                 time_us=size / (algo * 1e9) * 1e6 if algo > 0 else None,
                 source="hccl_demo [SUMMARY REPORT]",
@@ -199,24 +218,30 @@ def parse_summary(text: str, nranks: int = 0) -> HcclReport:
 
 
 def parse_csv(text: str, nranks: int = 0) -> HcclReport:
-    """The `--csv_path` file: per-rank NW bandwidth lines; the slowest rank sets each size."""
+    """The result CSV: per-rank lines, 7 columns with algo bandwidth (`--result_csv`), or 6
+    (older `--csv_path`, algo derived); the slowest rank sets each size."""
     report = HcclReport(form="csv")
-    raw: list[tuple[str, int, str, int, int, float]] = []
+    raw: list[tuple[str, int, str, int, int, float, float | None]] = []
     for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 6 or not parts[1].isdigit():
+        if len(parts) not in (6, 7) or not parts[1].isdigit():
             continue
         value, _, unit = parts[5].partition(" ")
-        raw.append(
-            (parts[0], int(parts[1]), parts[2], int(parts[3]), int(parts[4]), _gbps(value, unit))
-        )
+        algo_bw = None
+        if len(parts) == 7:
+            a_value, _, a_unit = parts[6].partition(" ")
+            algo_bw = _gbps(a_value, a_unit)
+        raw.append((parts[0], int(parts[1]), parts[2], int(parts[3]), int(parts[4]),
+                    _gbps(value, unit), algo_bw))
     ranks_by_size: dict[int, set[int]] = {}
-    for _test, rank, _dtype, size, _loop, _nw in raw:
+    for _test, rank, _dtype, size, _loop, _nw, _algo in raw:
         ranks_by_size.setdefault(size, set()).add(rank)
     rows = []
-    for test, _rank, dtype, size, loop, nw in raw:
+    for test, _rank, dtype, size, loop, nw, algo_bw in raw:
         n = nranks or len(ranks_by_size[size])
-        algo = nw / bus_factor(test, n) if test in _SCALED else nw
+        algo = algo_bw if algo_bw is not None else (
+            nw / bus_factor(test, n) if test in _SCALED else nw
+        )
         rows.append(
             BandwidthRow(
                 size_bytes=size,
@@ -227,7 +252,7 @@ def parse_csv(text: str, nranks: int = 0) -> HcclReport:
                 dtype=dtype,
                 iterations=loop,
                 time_us=size / (algo * 1e9) * 1e6 if algo > 0 else None,
-                source="hccl_demo --csv_path",
+                source="hccl_demo result CSV",
             )
         )
         report.test = test

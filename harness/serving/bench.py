@@ -51,6 +51,7 @@ def parse_result(data: dict[str, Any], concurrency: int, source: str = "result")
     """Metrics of one run, suffixed `@c<concurrency>`. A missing required figure is an error."""
     suffix = f"@c{concurrency}"
     out: dict[str, Any] = {}
+    data = _normalized(data)
     missing = [k for k in metric_keys() if k not in data]
     if missing:
         raise BenchResultError(
@@ -70,6 +71,19 @@ def parse_result(data: dict[str, Any], concurrency: int, source: str = "result")
             f"{source}: ran at max_concurrency {data['max_concurrency']}, expected {concurrency}"
         )
     return out
+
+
+def _normalized(data: dict[str, Any]) -> dict[str, Any]:
+    """The vllm-fork's benchmarks/benchmark_serving.py result (@016b6bd, lines 725-741, 968)
+    spells goodput `request_goodput:` and has no `failed`: read it as `vllm bench serve`'s."""
+    data = dict(data)
+    if "request_goodput:" in data and "request_goodput" not in data:
+        data["request_goodput"] = data.pop("request_goodput:")
+    if "failed" not in data and isinstance(data.get("num_prompts"), int) and isinstance(
+        data.get("completed"), int
+    ):
+        data["failed"] = data["num_prompts"] - data["completed"]
+    return data
 
 
 def _number(value: Any, key: str, source: str) -> float:

@@ -105,10 +105,12 @@ def bench_command(
     env: Mapping[str, str],
     trust_remote_code: bool = False,
     program: str = "vllm",
+    prefix: tuple[str, ...] | None = None,
 ) -> Command:
-    """`vllm bench serve` at one concurrency, saving its JSON result in `result_dir`."""
+    """`vllm bench serve` at one concurrency, saving its JSON result in `result_dir`; `prefix`
+    replaces `vllm bench serve` by a client taking the same flags (benchmark_serving.py)."""
     argv = [
-        program, "bench", "serve",
+        *(prefix or (program, "bench", "serve")),
         "--backend", "vllm",
         "--base-url", base_url,
         "--endpoint", "/v1/completions",

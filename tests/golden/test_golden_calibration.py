@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,21 @@ def cell_of(matrix: str, cell_id: str) -> Cell:
     return next(c for c in load_matrix(matrix).cells if c.id == cell_id)
 
 
+def on_vllm_gaudi_with_unify_and_expand(cell: Cell) -> Cell:
+    """The seed-000 MoE procedure ("Advanced Usage for MoE Models", vllm-gaudi docs
+    calibration_multi_node.md): calibrate once at EP8, unify to 1 with -u -s, postprocess with
+    -d, expand; a vllm-gaudi procedure, so the cell is put on that stack (the shipped
+    deepseek-r1-multinode serves DeepSeek on the fork, which measures at the serving layout)."""
+    cs = cell.settings.calibration.model_copy(update={
+        "calibrate_tp": 8, "calibrate_ep": 8, "unify_ranks": 1, "expert_parallel_unify": True,
+        "expand": True, "postprocess": True, "dataset": "NeelNanda/pile-10k", "samples": 512,
+    })
+    return dataclasses.replace(
+        cell, backend_options={**cell.backend_options, "stack": "vllm-gaudi"},
+        settings=cell.settings.model_copy(update={"calibration": cs}),
+    )
+
+
 def plan(backend: GaudiBackend, cell: Cell) -> tuple[service.Plan, list]:
     p = service.plan(cell, backend, Path(backend.options["cache_dir"]), materialize=False)
     steps = list(backend.calibration_recipe(p.job, p.derivation).steps)
@@ -46,7 +62,9 @@ def test_single_node_is_calibrate_model_sh_with_the_seed_flags_and_no_extra_env(
     (cmd,) = step.commands
     out = f"/data/fp8_output/{p.key.dirname}"
     assert cmd.argv == ("./calibrate_model.sh", "-m", "meta-llama/Llama-3.1-8B-Instruct",
-                        "-d", DATA, "-o", out, "-b", "128", "-l", "4096", "-t", "1")
+                        "-d", DATA, "-o", out, "-b", "128", "-l", "1000", "-t", "1")
+    # -l 1000: the pickle's rows; step-1-prepare-calibration-dataset.py:20 (@091bbad) takes
+    # ds.head(-l), so seed 000's -l 4096 measured these 1000 samples too
     assert cmd.cwd == SCRIPTS and dict(cmd.env) == {} and cmd.node is None
     assert p.key.dirname.startswith("llama-3.1-8b-instruct-g2-tp1-ep1-")
 
@@ -60,7 +78,7 @@ def test_tp16_on_two_nodes_unified_to_8_is_seed_000_step_7(backend):
     out = f"/data/fp8_output/{p.key.dirname}"
     assert calibrate.argv == (
         "./calibrate_model.sh", "-m", "meta-llama/Llama-3.1-405B-Instruct", "-d", DATA,
-        "-o", out, "-b", "128", "-l", "4096", "-t", "16", "-r", "8")
+        "-o", out, "-b", "128", "-l", "1000", "-t", "16", "-r", "8")
     assert dict(calibrate.env) == {
         "QUANT_CONFIG": BUFFER,
         "PT_HPU_ENABLE_LAZY_COLLECTIVES": "true",
@@ -96,13 +114,17 @@ def test_the_multinode_seed_cells_use_seed_001_flags(backend):
 def test_deepseek_ep_is_calibrated_at_ep8_unified_to_tp1_postprocessed_and_expanded(backend, ep):
     nodes = ep // 8
     cid = f"deepseek-r1-0528/g2-n{nodes}/tp{ep}-ep{ep}/fp8-kv-fp8_inc"
-    p, steps = plan(backend, cell_of("deepseek-r1-multinode", cid))
+    p, steps = plan(backend, on_vllm_gaudi_with_unify_and_expand(
+        cell_of("deepseek-r1-multinode", cid)))
     out = f"/data/fp8_output/{p.key.dirname}"
     model = f"{out}/deepseek-r1-0528-g2"
     calibrate, unify, post, expand = (s.commands[0] for s in steps)
+    # vllm-gaudi docs/configuration/calibration/calibration.md:33 (@091bbad): DeepSeek
+    # calibrates on NeelNanda/pile-10k, 512 samples; calibrate_model.sh:217-222 prepares a
+    # dataset given by name itself
     assert calibrate.argv == (
-        "./calibrate_model.sh", "-m", "/data/hf_models/DeepSeek-R1-0528-G2", "-d", DATA,
-        "-o", out, "-b", "1", "-l", "5000", "-t", "8", "-u")
+        "./calibrate_model.sh", "-m", "/data/hf_models/DeepSeek-R1-0528-G2",
+        "-d", "NeelNanda/pile-10k", "-o", out, "-b", "1", "-l", "512", "-t", "8", "-u")
     assert dict(calibrate.env) == {}  # TP8 fits one node
     assert unify.argv == ("python3", "step-5-unify_measurements.py", "-m", f"{model}/g2/",
                           "-r", "1", "-o", f"{model}/g2-unified-tp1/", "-u", "-s")
@@ -117,7 +139,8 @@ def test_deepseek_ep_is_calibrated_at_ep8_unified_to_tp1_postprocessed_and_expan
 
 
 def test_the_expanded_set_is_served_through_a_copy_of_the_quant_config_pointing_at_it(backend):
-    cell = cell_of("deepseek-r1-multinode", "deepseek-r1-0528/g2-n2/tp16-ep16/fp8-kv-fp8_inc")
+    cell = on_vllm_gaudi_with_unify_and_expand(
+        cell_of("deepseek-r1-multinode", "deepseek-r1-0528/g2-n2/tp16-ep16/fp8-kv-fp8_inc"))
     p = service.plan(cell, backend, Path(backend.options["cache_dir"]), materialize=False)
     assert p.derivation is not None
     r = backend.derivation_recipe(p.job, p.derivation)
@@ -134,6 +157,7 @@ def test_an_ep_calibration_unified_in_place_later_is_seed_000s_step_5(backend):
                              calibrate_ep=8, unify_ranks=4, expert_parallel_unify=True,
                              scripts_dir=SCRIPTS, output_dir="/data/fp8_output")
     cell = dataclasses.replace(base, tp=4, ep=4, nodes=1,
+                               backend_options={"stack": "vllm-gaudi"},
                                settings=base.settings.model_copy(update={"calibration": cs}))
     p = service.plan(cell, backend, Path(backend.options["cache_dir"]), materialize=False)
     fused = backend.calibration_recipe(p.job, p.derivation).steps[-1].commands[0]
@@ -187,3 +211,40 @@ QUANT_DEFAULT = ('{"mode": "QUANTIZE","observer": "maxabs","scale_method": "maxa
 def test_the_configs_the_harness_expects_are_the_ones_the_script_writes(builder, text, model):
     out = "/nfs/fp8_output"
     assert builder(Path(out), model, "g2") == _script_json(text, out, model, "g2")
+
+
+def test_seed_003_v31_calibration_on_the_fork_is_run_inc_calib_sh(backend):
+    """Seed 003 "1.1 校准 DeepSeek-V3.1" (multi-node): `cd vllm-fork && bash
+    scripts/run_inc_calib.sh --model /data/hf_models/DeepSeek-V3.1-G2 --wd 16 --nprompts 5000`
+    (HabanaAI/vllm-fork deepseek_r1 @016b6bd scripts/run_inc_calib.sh:24-48 for the flags)."""
+    cell = cell_of("deepseek-r1-multinode", "deepseek-v3.1/g2-n2/tp16-ep16/fp8-kv-fp8_inc")
+    p, steps = plan(backend, cell)
+    assert p.derivation is None and p.job.stack == "vllm-fork"
+    measure, copy = (s.commands[0] for s in steps)
+    assert measure.argv == tuple(shlex.split(
+        "bash scripts/run_inc_calib.sh --model /data/hf_models/DeepSeek-V3.1-G2 --wd 16 "
+        "--nprompts 5000"))
+    assert measure.cwd == "/workspace/vllm-fork" and measure.node == 0
+    assert "export QUANT_CONFIG=/workspace/vllm-fork/scripts/quant_configs/" \
+        "inc_measure_with_fp8kv_config.json on every node" in measure.description.replace(
+            "export\nQUANT", "export QUANT")
+    # run_inc_calib.sh:57-61 deletes the workspace on the next run: the set is copied out,
+    # renamed to the harness's prefix (the stage counts inc_output_hooks_maxabs_<r>_16)
+    assert copy.argv[0:2] == ("sh", "-c")
+    assert "/workspace/vllm-fork/scripts/nc_workspace_measure_kvcache\"/inc_measure_output_*" \
+        in copy.argv[2]
+    recipe = backend.calibration_recipe(p.job, None)
+    assert recipe.world == 16 and recipe.quant_copy is not None
+    assert recipe.quant_copy[0] == Path(
+        "/workspace/vllm-fork/scripts/quant_configs/inc_quant_per_channel_with_fp8kv_config.json")
+    assert recipe.quant_copy[2] == recipe.measurement_dir / "inc_output"
+
+
+def test_a_fork_cell_asking_for_unify_or_expand_is_refused_with_the_fix(backend):
+    base = cell_of("deepseek-r1-multinode", "deepseek-r1-0528/g2-n2/tp16-ep16/fp8-kv-fp8_inc")
+    cs = base.settings.calibration.model_copy(update={"calibrate_tp": 8, "calibrate_ep": 8,
+                                                      "unify_ranks": 1, "expand": True})
+    cell = dataclasses.replace(base, settings=base.settings.model_copy(update={"calibration": cs}))
+    (cmd,) = service.plan_commands(cell, backend, Path("/w"))
+    assert cmd.argv == ("false",)
+    assert "vllm-fork procedure has no unify/expand step" in cmd.description

@@ -63,6 +63,8 @@ def plan(cell: Cell, tmp_path: Path) -> list:
 def test_every_single_node_cell_runs_the_seed_hccl_demo_command(matrix, tmp_path):
     env, argv = split(SEED_ONE_NODE)
     for cell in cells(matrix):
+        if cell.model.name == "llama-3.1-405b":  # calibrated over two nodes: next test
+            continue
         (cmd,) = plan(cell, tmp_path)
         assert dict(cmd.env) == env and cmd.node is None and cmd.cwd == "hccl_demo"
         assert cmd.argv[:2] == argv[:2] and flags(cmd.argv) == flags(argv), cell.id
@@ -80,6 +82,22 @@ def test_two_node_cells_run_the_seed_head_and_worker_commands_exactly(tmp_path):
         assert (dict(head.env), head.argv) == split(SEED_HEAD), cell.id
         assert (dict(worker.env), worker.argv) == split(SEED_WORKER), cell.id
         assert (head.node, worker.node) == (0, 1)
+
+
+@pytest.mark.parametrize("matrix", ["nightly-g2", "deepseek-r1-multinode"])
+def test_a_tp8_cell_calibrated_over_two_nodes_measures_both_with_the_seed_commands(
+    matrix, tmp_path
+):
+    """Seed 000 calibrates Llama-3.1-405B at TP16 on two nodes and serves it at TP8: the
+    cell's collectives cover the nodes its calibration uses (seed 003's two-node commands)."""
+    cell = next(c for c in cells(matrix) if c.id == "llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc")
+    cell = dataclasses.replace(
+        cell, backend_options={**cell.backend_options, "ray_address": "192.168.1.101:8850"}
+    )
+    head, worker = plan(cell, tmp_path)
+    assert (dict(head.env), head.argv) == split(SEED_HEAD)
+    assert (dict(worker.env), worker.argv) == split(SEED_WORKER)
+    assert cell.gates["collectives.nw_bandwidth_gbps"].expected == 206
 
 
 def test_four_node_cell_runs_32_ranks_one_command_per_node(tmp_path):
@@ -115,7 +133,8 @@ def test_size_range_and_csv_settings_become_hccl_demo_flags(tmp_path):
     (cmd,) = plan(dataclasses.replace(cell, settings=settings), tmp_path)
     assert cmd.argv[cmd.argv.index("--size_range") :][:5] == (
         "--size_range", "1m", "32m", "--size_range_inc", "2")  # fmt: skip
-    assert cmd.argv[-2:] == ("--csv_path", str(tmp_path / "hccl_demo_node0.csv"))
+    # run_hccl_demo.py:151 @f623d69: --result_csv (--csv_path was removed in cccd1e8, 2024-12)
+    assert cmd.argv[-2:] == ("--result_csv", str(tmp_path / "hccl_demo_node0.csv"))
     assert "--size" not in cmd.argv
 
 
@@ -145,7 +164,8 @@ def test_seed_one_node_figure_passes_the_nightly_g2_gate():
 
 def test_seed_two_node_figure_passes_the_two_node_gate_but_not_the_one_node_gate():
     two = next(c for c in cells("deepseek-r1-multinode") if c.nodes == 2)
-    one = next(c for c in cells("deepseek-r1-multinode") if c.nodes == 1)
+    # a one-node cell with the one-node gate (the multinode matrix's TP8 cell measures two nodes)
+    one = cells("nightly-g2")[0]
     rec, _ = figures(two, "seed003_g2_2nodes_16ranks.txt")  # node 0 prints the figures
     assert gate_results(two, rec) == [True]  # 205.9 >= 206 - 21
     assert gate_results(one, rec) == [False]  # a node at 205.9 is below 258 - 26

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from harness import cluster
 from harness.backends.base import CheckStatus
+from harness.backends.gaudi import GaudiBackend
 from harness.backends.gaudi.node_checks import required_env
 from harness.backends.gaudi.preflight import NODE_ENV
-from harness.backends.gaudi.preflight import GaudiPreflight
 from harness.matrix import load_matrix
 
 MATRIX = """
@@ -31,7 +31,7 @@ def test_required_env_set_on_this_host_reads_as_set_and_its_value_is_not_gathere
     path = tmp_path / "m.yaml"
     path.write_text(MATRIX)
     cell = load_matrix(path).cells[0]
-    spec = GaudiPreflight().preflight_spec(cell)
+    spec = GaudiBackend().preflight_spec(cell)
     spec["commands"] = {}  # no hl-smi here: only the env part of the probe
     facts = cluster.local_facts(spec)
     assert facts["env_set"] == {"HARNESS_TEST_TOKEN": True, "HARNESS_TEST_UNSET": False}

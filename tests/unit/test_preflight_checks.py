@@ -43,7 +43,8 @@ def node(ip: str = "10.0.0.1", **over) -> dict:
         },
         "packages": {"vllm": "0.6.3", "habana-torch-plugin": "1.20.1.97"},
         "modules": {"vllm": "/workspace/vllm-fork/vllm/__init__.py"},
-        "paths": {"hccl_demo": True, "$QUANT_CONFIG": True},
+        "paths": {"hccl_demo": True, "$QUANT_CONFIG": True, "fork.quant_config": True,
+                  "fork.benchmark_serving": True},
         "commands": {
             "devices": {"rc": 0, "out": HL_SMI},
             "firmware": {"rc": 0, "out": "erom\n gaudi2 1.20.1-fw-57.2.1\n"},
@@ -79,7 +80,8 @@ def test_healthy_two_node_facts_pass_every_gaudi_check():
     checks = by_name(GaudiBackend().preflight_checks(cell_of("deepseek-r1-multinode", TWO_NODES),
                                                      probe(node(), node("10.0.0.2"))))  # fmt: skip
     assert {n: c.status for n, c in checks.items() if c.status is not CheckStatus.PASS} == {
-        "weights.g2_converted": CheckStatus.FAIL  # /data/hf_models/... does not exist here
+        "weights.g2_converted": CheckStatus.FAIL,  # /data/hf_models/... does not exist here
+        "model.checkpoint": CheckStatus.WARN,  # nor its config.json: fp8 assumed, and said so
     }
     assert "10.0.0.1/node0: 8" in checks["devices"].message
 
@@ -150,7 +152,7 @@ def test_missing_devices_and_the_wrong_generation_fail_on_that_node():
 def test_this_host_is_counted_with_discovery_when_no_ray_is_used():
     backend = GaudiBackend()
     backend._inventory = Inventory("g2", 8, "8 x HL-225 (pyhlml)")
-    cell = cell_of("nightly-g2", "deepseek-r1-0528/g2/tp8/fp8-kv-auto")
+    cell = cell_of("nightly-g2", "deepseek-r1-0528/g2/tp8-ep8/fp8-kv-auto")
     assert backend._devices(cell, {"local": node()}).status is CheckStatus.PASS
     backend._inventory = Inventory(None, 0, missing_reason="pyhlml could not initialise")
     check = backend._devices(cell, {"local": node()})
@@ -194,7 +196,7 @@ def test_one_node_has_nothing_to_disagree_about():
 
 
 def deepseek_on(path: str | None) -> Cell:
-    cell = cell_of("nightly-g2", "deepseek-r1-0528/g2/tp8/fp8-kv-auto")
+    cell = cell_of("nightly-g2", "deepseek-r1-0528/g2/tp8-ep8/fp8-kv-auto")
     model = dataclasses.replace(cell.model, path=path, hub_id="deepseek-ai/DeepSeek-R1-0528")
     return dataclasses.replace(cell, model=model)
 

@@ -8,6 +8,7 @@ from typing import Any
 from harness.backends.base import Inventory
 from harness.backends.common import BackendCore
 from harness.backends.contracts import Backend
+from harness.backends.gaudi import stacks
 from harness.backends.gaudi.calibration import GaudiCalibration
 from harness.backends.gaudi.collectives import GaudiCollectives
 from harness.backends.gaudi.discovery import discover
@@ -45,6 +46,10 @@ class GaudiBackend(GaudiPreflight, GaudiCollectives, GaudiCalibration, GaudiServ
                 "(scales are device-specific: run it on a matching node)"
             )
         return None
+
+    def stack_name(self, cell: Cell) -> str:
+        """The cell's serving stack (backend_options.stack), shown by --plan and the report."""
+        return stacks.profile(cell).name
 
     def cell_env(self, cell: Cell) -> dict[str, str]:
         env: dict[str, str] = {}

@@ -25,7 +25,11 @@ from typing import cast
 
 from harness.backends.common import BackendCore
 from harness.backends.contracts import CalibrationBackend
+from harness.backends.gaudi import fork_calibration
+from harness.backends.gaudi import measurement_source
+from harness.backends.gaudi import stacks
 from harness.backends.gaudi.discovery import CARDS_PER_NODE
+from harness.backends.gaudi.stack_checks import samples_note
 from harness.calibration import config as configs
 from harness.calibration.key import file_digest
 from harness.calibration.recipe import CalibrationJob
@@ -35,6 +39,8 @@ from harness.calibration.recipe import Step
 from harness.cell import Cell
 from harness.errors import HarnessError
 from harness.process import Command
+
+VLLM_FORK_DIR = "/workspace/vllm-fork"  # seed 003's source folder
 
 RAY_HPU_CHECK = 'import ray; ray.init(); print(int(ray.available_resources()["HPU"]))'
 MULTI_NODE_ENV = {
@@ -50,6 +56,28 @@ def parse_ray_hpus(output: str) -> int | None:
         if re.fullmatch(r"\s*\d+\s*", line):
             return int(line)
     return None
+
+
+# calibrate_model.sh's getopts: "...r:ue" since vllm-gaudi 9e77a155 (#1121, 2026-03-11, in
+# v0.14.1+ but not v0.17.0rc1/v0.17.1rc1); "...r:u:e" before (v0.11.2-v0.13.0.post1), where a
+# bare -u swallows the next option and `case u` ignores its value (v0.13.0 lines 120-122)
+U_NOTES: dict[str | None, str] = {
+    "value": "this checkout's calibrate_model.sh reads `-u <value>` (getopts u:), so -u 1",
+    None: "calibrate_model.sh not readable here: bare -u needs its getopts \"...r:ue\" "
+    "(vllm-gaudi 9e77a155, v0.14.1+); an older checkout takes `-u <value>`",
+}
+
+
+def u_option_form(scripts: Path) -> str | None:
+    """"flag" or "value" from the checkout's getopts string; None when it is not readable."""
+    try:
+        text = (scripts / "calibrate_model.sh").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(r'getopts\s+"([^"]*)"', text)
+    if match is None:
+        return None
+    return "value" if "u:" in match.group(1) else "flag"
 
 
 def _dir(path: Path) -> str:
@@ -80,6 +108,11 @@ class GaudiCalibration(BackendCore):
 
     def calibration_dataset(self, cell: Cell, cache_dir: Path,
                             materialize: bool = True) -> tuple[Path, str]:
+        source = cell.settings.calibration.source
+        if source:  # the set itself is the data; its folder names it in the key
+            return Path(source), f"source:{source}"
+        if stacks.profile(cell).name == "vllm-fork":  # run_inc_calib.sh:97 --dataset pile
+            return Path("pile"), "run_inc_calib.sh: pile (fixed by the script)"
         dataset = cell.settings.calibration.dataset
         if not dataset:
             raise HarnessError(
@@ -90,8 +123,24 @@ class GaudiCalibration(BackendCore):
         path = Path(dataset)
         return path, file_digest(path) if path.is_file() else f"path:{path}"
 
+    def calibration_stack(self, cell: Cell) -> dict[str, Any]:
+        """The stack whose procedure measures the cell (CalibrationJob.stack/fork_dir)."""
+        stack = stacks.profile(cell).name
+        fork = str(self.option(cell, "vllm_fork_dir", VLLM_FORK_DIR))
+        return {"stack": stack, "fork_dir": fork if stack == "vllm-fork" else None,
+                "source_set": cell.settings.calibration.source}
+
+    def dataset_by_name(self, dataset: Path) -> bool:
+        """calibrate_model.sh:217-222: a dataset not ending in .pkl is prepared by name (a
+        pre-made set is checked by its recipe's first step instead)."""
+        return not str(dataset).endswith(".pkl")
+
     def calibration_configs(self, job: CalibrationJob) -> tuple[dict[str, Any], dict[str, Any]]:
         """What the script will write (for the key); a branch we cannot predict is named."""
+        if job.source_set:
+            return {"source": job.source_set}, {"source": job.source_set, "stack": job.stack}
+        if job.stack == "vllm-fork":
+            return dict(fork_calibration.MEASURE_KEY), dict(fork_calibration.QUANT_KEY)
         rule = configs.rule_for(job.model)
         if not rule.verified:
             marker = {"calibrate_model.sh branch": rule.family}
@@ -111,7 +160,14 @@ class GaudiCalibration(BackendCore):
                        cwd=str(scripts), node=0 if job.tp > CARDS_PER_NODE else None)
 
     def calibration_recipe(self, job: CalibrationJob, derivation: Derivation | None) -> Recipe:
-        """Calibrate_model.sh, with `-r` when the cell only needs a unify (seed 000 step 7)."""
+        """Calibrate_model.sh, with `-r` when the cell only needs a unify (seed 000 step 7);
+        the fork's run_inc_calib.sh for a vllm-fork cell (seed 003)."""
+        if job.source_set:
+            if job.stack == "vllm-fork" and derivation is not None:
+                fork_calibration.recipe(job, derivation)  # raises: no unify/expand on the fork
+            return measurement_source.recipe(job, job.source_set)
+        if job.stack == "vllm-fork":
+            return fork_calibration.recipe(job, derivation)
         multi_node = job.tp > CARDS_PER_NODE
         scripts = self._scripts(job)
         env = dict(job.env)
@@ -144,14 +200,19 @@ class GaudiCalibration(BackendCore):
         if fused:
             assert derivation is not None
             argv += ["-r", str(derivation.unify_ranks)]
+        notes = [samples_note(str(job.dataset), job.samples)]
         if job.ep > 1 or (fused and derivation is not None and derivation.expert_parallel):
-            argv.append("-u")
+            form = u_option_form(scripts)
+            argv += ["-u", "1"] if form == "value" else ["-u"]
+            notes.append(U_NOTES.get(form))
         if job.enforce_eager:
             argv.append("-e")
+        note = "; ".join(n for n in notes if n)
         steps.append(Step("calibrate_model.sh", (Command(
             tuple(argv), env=env, cwd=str(scripts), node=node,
             description="calibrate_model.sh: prepare, measure, postprocess, quantize"
-            + (f", unify to {derivation.unify_ranks}" if fused and derivation else "")),)))
+            + (f", unify to {derivation.unify_ranks}" if fused and derivation else "")
+            + (f"; WARNING {note}" if note else "")),)))
         layout = job.layout
         return Recipe(tuple(steps), layout.measurement_dir, layout.quant_config, job.world,
                       derivation=derivation.name if fused and derivation else None)

@@ -32,15 +32,22 @@ class GaudiCollectives:
         "`make` (seed 003); the node logs are in the stage directory"
     )
 
+    def collectives_nodes(self, cell: Cell) -> int:
+        """The nodes the cell uses, its calibration's included: a TP8 cell calibrated at TP16
+        over two nodes (seed 000) depends on the fabric between them too."""
+        return cluster.nodes_needed(cell, CARDS_PER_NODE)
+
     def collectives_ranks(self, cell: Cell) -> tuple[int, int]:
         """(ranks, ranks per node): every card of the cell's nodes, as the seeds run it."""
-        nranks = cell.settings.collectives.ranks or cell.nodes * CARDS_PER_NODE
-        return nranks, min(CARDS_PER_NODE, -(-nranks // cell.nodes))
+        nodes = self.collectives_nodes(cell)
+        nranks = cell.settings.collectives.ranks or nodes * CARDS_PER_NODE
+        return nranks, min(CARDS_PER_NODE, -(-nranks // nodes))
 
     def plan_collectives(self, cell: Cell, workdir: Path) -> list[Command]:
         s = cell.settings.collectives
         nranks, per_node = self.collectives_ranks(cell)
-        if cell.nodes > 1:
+        nodes = self.collectives_nodes(cell)
+        if nodes > 1:
             head = cluster.head_ip(cell.backend_options, os.environ) or cluster.UNKNOWN_HEAD
         else:
             head = "127.0.0.1"
@@ -52,16 +59,16 @@ class GaudiCollectives:
             size_args = [["--size", format_size(x)] for x in sizes_for(s, SEED_SIZES)]
         cmds = []
         for sizes in size_args:
-            for node in range(cell.nodes):
+            for node in range(nodes):
                 argv = [
                     "python3", "run_hccl_demo.py", "--test", s.test, "--nranks", str(nranks),
                     "--loop", str(s.loop), "--node_id", str(node), *sizes,
                     "--ranks_per_node", str(per_node),
                 ]  # fmt: skip
-                if s.csv:
-                    argv += ["--csv_path", str(workdir / CSV.format(node=node))]
+                if s.csv:  # run_hccl_demo.py:151 @f623d69 (--csv_path until cccd1e8)
+                    argv += ["--result_csv", str(workdir / CSV.format(node=node))]
                 desc = (
-                    f"hccl_demo {s.test}, {nranks} ranks over {cell.nodes} node(s), "
+                    f"hccl_demo {s.test}, {nranks} ranks over {nodes} node(s), "
                     f"in {s.hccl_demo_dir}/ (seed 003)"
                     if node == 0
                     else ""
@@ -72,16 +79,16 @@ class GaudiCollectives:
                         {"HCCL_COMM_ID": f"{head}:{s.comm_port}"},
                         desc,
                         cwd=s.hccl_demo_dir,
-                        node=node if cell.nodes > 1 else None,
+                        node=node if nodes > 1 else None,
                     )
                 )
         return cmds
 
     def collectives_collect(self, cell: Cell, workdir: Path) -> dict[int, list[str]]:
-        """The per-rank CSV each node writes with --csv_path (when settings.collectives.csv)."""
+        """The per-rank CSV each node writes with --result_csv (settings.collectives.csv)."""
         if not cell.settings.collectives.csv:
             return {}
-        return {n: [str(workdir / CSV.format(node=n))] for n in range(cell.nodes)}
+        return {n: [str(workdir / CSV.format(node=n))] for n in range(self.collectives_nodes(cell))}
 
     def collectives_figures(
         self, cell: Cell, workdir: Path, outputs: Sequence[CommandOutput]
@@ -96,7 +103,7 @@ class GaudiCollectives:
             report = parse_output([o.text for o in outs], nranks)
             if not report.rows:
                 csv_text = "\n".join(t for o in outs for t in o.files.values())
-                local = [workdir / CSV.format(node=n) for n in range(cell.nodes)]
+                local = [workdir / CSV.format(node=n) for n in range(self.collectives_nodes(cell))]
                 csv_text = csv_text or "\n".join(p.read_text() for p in local if p.is_file())
                 report = parse_csv(csv_text, nranks) if csv_text else report
             rows += report.rows

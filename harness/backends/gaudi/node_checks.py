@@ -100,7 +100,8 @@ def device_health(nodes: Facts) -> Check:
 
 
 def nic_ports(cell: Cell, nodes: Facts) -> Check:
-    down, missing = [], []
+    down: list[str] = []
+    missing: list[str] = []
     ups: dict[str, object] = {}
     for node, facts in per_node(nodes):
         rc, out = command_output(facts, "nic")
@@ -180,20 +181,6 @@ def quant_config_buffer(nodes: Facts) -> Check:
         f"QUANT_CONFIG is unset or names a missing file on {', '.join(missing)}",
         "on NFS shared by all nodes: touch <nfs>/vllm-gaudi/calibration/quant_config_buffer.json "
         "and export QUANT_CONFIG=<that path> on every node (seed 000 steps 2 and 4)",
-    )
-
-
-def hccl_demo_built(cell: Cell, nodes: Facts) -> Check:
-    missing = [n for n, f in per_node(nodes) if not f.get("paths", {}).get("hccl_demo")]
-    where = cell.settings.collectives.hccl_demo_dir
-    if not missing:
-        return Check("hccl_demo", CheckStatus.PASS, f"{where}/run_hccl_demo.py present")
-    return Check(
-        "hccl_demo",
-        CheckStatus.FAIL,
-        f"{where}/run_hccl_demo.py not found on {', '.join(missing)}",
-        "git clone https://github.com/HabanaAI/hccl_demo.git && cd hccl_demo && make, "
-        "then set settings.collectives.hccl_demo_dir (seed 003)",
     )
 
 

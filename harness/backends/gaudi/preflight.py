@@ -12,12 +12,16 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 from harness import cluster
 from harness.backends.base import Check
 from harness.backends.base import CheckStatus
+from harness.backends.base import Inventory
 from harness.backends.common import BackendCore
+from harness.backends.gaudi import stack_checks
+from harness.backends.gaudi import stacks
 from harness.backends.gaudi.discovery import CARDS_PER_NODE
 from harness.backends.gaudi.discovery import generation_of
 from harness.backends.gaudi.node_checks import GEN_DIR
@@ -27,7 +31,6 @@ from harness.backends.gaudi.node_checks import command_output
 from harness.backends.gaudi.node_checks import converted_weights
 from harness.backends.gaudi.node_checks import cpu_governor
 from harness.backends.gaudi.node_checks import device_health
-from harness.backends.gaudi.node_checks import hccl_demo_built
 from harness.backends.gaudi.node_checks import multi_node_env
 from harness.backends.gaudi.node_checks import nic_ports
 from harness.backends.gaudi.node_checks import per_node
@@ -90,8 +93,10 @@ class GaudiPreflight(BackendCore):
 
     def ray_placement(self, cell: Cell, nodes: int | None = None) -> cluster.Placement:
         """One `{"HPU": 8}` bundle per node, STRICT_SPREAD (DESIGN: Ray and placement)."""
+        # never narrower than the cell's Ray work: a TP8 cell calibrated at TP16 runs its
+        # calibration and its collectives on two nodes (collectives_nodes)
         return cluster.Placement(
-            "HPU", CARDS_PER_NODE, nodes or cluster.nodes_needed(cell, CARDS_PER_NODE)
+            "HPU", CARDS_PER_NODE, max(nodes or 0, cluster.nodes_needed(cell, CARDS_PER_NODE))
         )
 
     def ray_cluster(self, cell: Cell) -> cluster.RayCluster:
@@ -99,9 +104,23 @@ class GaudiPreflight(BackendCore):
         place = self.ray_placement(cell, cell.nodes)
         return cluster.shared(cell.backend_options, place.nodes, place.bundles[0], can_start=False)
 
+    if TYPE_CHECKING:  # GaudiServing and GaudiBackend
+
+        def fork_dir(self, cell: Cell) -> str: ...
+
+        def quant_config_path(self, cell: Cell) -> Path: ...
+
+        def inventory(self) -> Inventory: ...
+
+    def _stack_paths(self, cell: Cell) -> dict[str, str]:
+        """hccl_demo's built binary and, on the fork, its quant config and benchmark client."""
+        config = None
+        if stacks.profile(cell).name == "vllm-fork" and cell.is_fp8:
+            config = self.quant_config_path(cell)
+        return stack_checks.stack_paths(cell, self.fork_dir(cell), config)
+
     def preflight_spec(self, cell: Cell) -> dict[str, Any]:
         """What the probe gathers on each node: hl-smi, NIC status, env, packages, paths."""
-        coll = cell.settings.collectives
         commands = {
             "devices": list(HL_SMI_DEVICES),
             "firmware": list(HL_SMI_FIRMWARE),
@@ -109,9 +128,7 @@ class GaudiPreflight(BackendCore):
         }
         if cell.settings.preflight.nic_check:
             commands["nic"] = [NIC_SCRIPT.format(gen=GEN_DIR[cell.device]), "--status"]
-        paths = {}
-        if cell.runs("collectives"):
-            paths["hccl_demo"] = str(Path(coll.hccl_demo_dir) / "run_hccl_demo.py")
+        paths = self._stack_paths(cell)
         if cell.model.path:
             paths["model"] = str(Path(cell.model.path) / "config.json")
         return {
@@ -161,8 +178,11 @@ class GaudiPreflight(BackendCore):
             checks += multi_node_env(nodes)
         if _calibrates_across_nodes(cell):
             checks.append(quant_config_buffer(nodes))
-        if cell.runs("collectives"):
-            checks.append(hccl_demo_built(cell, nodes))
+        checks += stack_checks.paths_present(cell, nodes, self._stack_paths(cell))
+        if cell.is_fp8 and cell.runs("serving"):
+            checks.append(stack_checks.checkpoint_decision(cell))
+        if cell.is_fp8 and cell.runs("calibration"):
+            checks.append(stack_checks.calibration_samples(cell))
         if cell.device == "g2" and cell.model.architecture == "deepseek_v3":
             checks.append(converted_weights(cell))
         checks.append(cpu_governor(cell, nodes))

@@ -1,27 +1,35 @@
-"""Vllm serve with INC env, lm_eval and vllm bench serve as in the seeds.
+"""Serving, lm_eval and the benchmark client, spelled for the cell's stack (stacks.py).
 
-Serve (seeds 000/001/003/004): `vllm serve <model> --quantization inc --kv-cache-dtype
-fp8_inc|auto [--weights-load-device cpu] --tensor-parallel-size N [--pipeline-parallel-size P]
-[--distributed-executor-backend ray]`, then the matrix's limits. INC env (seed 003, "2.2 manual
-start"): QUANT_CONFIG chosen by the KV dtype (bf16 KV: inc_quant_per_channel_bf16kv.json, FP8
-KV: inc_quant_per_channel_with_fp8kv_config.json, both from vllm-fork's scripts/quant_configs)
-and INC_MEASUREMENT_DUMP_PATH_PREFIX, the root the config's relative dump_stats_path is joined
-to. The serving stage points that root at a folder whose `scripts/nc_workspace_measure_kvcache/`
-links the cell's calibrated (unified/expanded) set, so the stock configs load the harness's
-measurements. INC_FORCE_NAIVE_SCALING=1 and VLLM_HPU_MARK_SCALES_AS_CONST=false for every FP8
-cell; VLLM_REQUANT_FP8_INC=1 and VLLM_ENABLE_RUNTIME_DEQUANT=1 for FP8 block-scaled checkpoints
-(DeepSeek-V3/R1, Kimi-K2: seed 003's table); VLLM_MOE_N_SLICE=1 for MoE models; the warm-up
-recipe cache PT_HPU_RECIPE_CACHE_CONFIG=<dir>,false,<MB> when the matrix names one.
+vllm-gaudi (seeds 000/001/002): `vllm serve <model> [--quantization inc] --kv-cache-dtype
+fp8_inc|auto --tensor-parallel-size N ...` with QUANT_CONFIG the calibration's
+`<out>/<model>/maxabs_quant_<dev>.json` (seed 000 step 8); `vllm bench serve`.
+
+vllm-fork `deepseek_r1` (seed 003): `python3 -m vllm.entrypoints.openai.api_server --model
+<model> ...` (start_vllm.sh:198), INC env by KV dtype (seed 003 "2.2 手动启动"): QUANT_CONFIG
+from the fork's scripts/quant_configs and INC_MEASUREMENT_DUMP_PATH_PREFIX, the root the
+config's relative dump_stats_path is joined to (a folder whose
+`scripts/nc_workspace_measure_kvcache/` links the cell's calibrated set);
+VLLM_REQUANT_FP8_INC=1 / VLLM_ENABLE_RUNTIME_DEQUANT=1 for FP8 checkpoints,
+VLLM_MOE_N_SLICE=1 for MoE, INC_FORCE_NAIVE_SCALING=1, VLLM_HPU_MARK_SCALES_AS_CONST=false;
+EP size in VLLM_EP_SIZE; `benchmarks/benchmark_serving.py`.
+
+Both: an FP8 checkpoint (config.json quant_method fp8) is served with QUANT_CONFIG only, never
+`--quantization inc` (stacks.checkpoint); multi-node env the stack does not forward to Ray
+workers is named in the plan, to export on every node before `ray start`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 from typing import Any
+from typing import cast
 
 from harness.backends.common import BackendCore
+from harness.backends.contracts import CalibrationBackend
+from harness.backends.gaudi import stacks
 from harness.backends.serving_plans import ServingPlans
 from harness.calibration.artifacts import CalibrationArtifacts
 from harness.cell import Cell
@@ -38,8 +46,12 @@ QUANT_CONFIG_BY_KV = {
     "fp8_inc": "inc_quant_per_channel_with_fp8kv_config.json",
 }
 SEED_DUMP_STATS_PATH = "scripts/nc_workspace_measure_kvcache/inc_measure_output"
-# checkpoints stored in block-scaled FP8 (INC requantizes them): seed 003's models
-FP8_CHECKPOINT_ARCHITECTURES = frozenset({"deepseek_v3", "kimi_k2"})
+QUANT_CONFIG_UNKNOWN = "<the calibration stage's maxabs_quant_<dev>.json>"
+FORK_BENCH = ("python3", "benchmarks/benchmark_serving.py")  # seed 003, in the fork's checkout
+# set per node (seed 003: VLLM_HOST_IP, *_SOCKET_IFNAME differ), never copied to other nodes
+LOCAL_ONLY_ENV = frozenset(
+    {"VLLM_HOST_IP", "GLOO_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME", "PYTHONPATH"}
+)
 TRUST_REMOTE_CODE_ARCHITECTURES = frozenset({"deepseek_v3", "kimi_k2"})
 INC_PREFIX_DIR = "inc_prefix"
 
@@ -59,15 +71,29 @@ class GaudiServing(ServingPlans, BackendCore):
         return cell.model.served_name or str(cell.model.source)
 
     def serving_facts(self, cell: Cell) -> dict[str, Any]:
-        return {
-            "weights": "fp8 via INC convert" if cell.is_fp8 else "bf16",
+        stack = stacks.profile(cell)
+        facts: dict[str, Any] = {
+            "stack": stack.name,
+            "weights": "bf16",
             "kv_cache": cell.kv_cache_dtype,
             "emulated": "none",
         }
+        if cell.is_fp8:
+            ckpt = stacks.checkpoint(cell)
+            facts["weights"] = (
+                "fp8 checkpoint, INC scales via QUANT_CONFIG" if ckpt.quant_method == "fp8"
+                else "fp8 via INC convert"
+            )
+            facts["checkpoint"] = ckpt.known_from
+        return facts
+
+    def fork_dir(self, cell: Cell) -> str:
+        return str(self.option(cell, "vllm_fork_dir", VLLM_FORK_DIR))
 
     def quant_config_path(self, cell: Cell) -> Path:
+        """The fork's stock INC config for the cell's KV dtype (seed 003's table)."""
         root = self.option(cell, "quant_configs_dir") or (
-            f"{self.option(cell, 'vllm_fork_dir', VLLM_FORK_DIR)}/scripts/quant_configs"
+            f"{self.fork_dir(cell)}/scripts/quant_configs"
         )
         name = QUANT_CONFIG_BY_KV.get(cell.kv_cache_dtype)
         if name is None:
@@ -77,14 +103,29 @@ class GaudiServing(ServingPlans, BackendCore):
             )
         return Path(root) / name
 
+    def served_quant_config(
+        self, cell: Cell, calibration: CalibrationArtifacts | None, workdir: Path
+    ) -> str:
+        """QUANT_CONFIG: vllm-gaudi serves the calibration's maxabs_quant_<dev>.json (seed 000
+        step 8); the fork serves its stock config, which loads our set via the INC prefix."""
+        if stacks.profile(cell).quant_config == "fork-configs":
+            return str(self.quant_config_path(cell))
+        if calibration is not None:
+            return str(calibration.quant_config)
+        from harness.calibration import service
+
+        backend = cast("CalibrationBackend", self)  # this mixin is part of the whole backend
+        planned = service.planned_quant_config(cell, backend, workdir)
+        return str(planned) if planned else QUANT_CONFIG_UNKNOWN
+
     # serving -------------------------------------------------------------------------------
     def inc_prefix(
         self, cell: Cell, calibration: CalibrationArtifacts | None, workdir: Path
     ) -> Path:
-        """INC_MEASUREMENT_DUMP_PATH_PREFIX: `<workdir>/inc_prefix`, populated with links to
-        the calibration's files when a calibration is given (at run time, not for --plan).
-        Multi-node cells put it beside the calibration's measurements instead (the NFS folder
-        every node reads, seed 001), named by the cell's KV dtype."""
+        """INC_MEASUREMENT_DUMP_PATH_PREFIX (fork stack): `<workdir>/inc_prefix`, populated with
+        links to the calibration's files when a calibration is given (at run time, not for
+        --plan). Multi-node cells put it beside the calibration's measurements instead (the
+        NFS folder every node reads, seed 001), named by the cell's KV dtype."""
         prefix = workdir / INC_PREFIX_DIR
         if calibration is None:
             return prefix
@@ -108,22 +149,35 @@ class GaudiServing(ServingPlans, BackendCore):
         self, cell: Cell, calibration: CalibrationArtifacts | None, workdir: Path
     ) -> dict[str, str]:
         s = cell.settings.serving
+        stack = stacks.profile(cell)
         env = dict(self.cell_env(cell))
         if cell.is_fp8:
-            env["QUANT_CONFIG"] = str(self.quant_config_path(cell))
-            env["INC_MEASUREMENT_DUMP_PATH_PREFIX"] = str(
-                self.inc_prefix(cell, calibration, workdir)
-            )
-            if cell.model.architecture in FP8_CHECKPOINT_ARCHITECTURES:
-                env["VLLM_REQUANT_FP8_INC"] = "1"
-                env["VLLM_ENABLE_RUNTIME_DEQUANT"] = "1"
-            if cell.model.moe:
-                env["VLLM_MOE_N_SLICE"] = "1"
-            env["INC_FORCE_NAIVE_SCALING"] = "1"
-            env["VLLM_HPU_MARK_SCALES_AS_CONST"] = "false"
+            env["QUANT_CONFIG"] = self.served_quant_config(cell, calibration, workdir)
+            if stack.name == "vllm-fork":
+                env.update(self._fork_inc_env(cell, calibration, workdir))
+        if stack.expert_parallel == "env" and cell.model.moe:
+            env["VLLM_EP_SIZE"] = str(cell.ep)
         if s.warmup_cache:
             env["PT_HPU_RECIPE_CACHE_CONFIG"] = f"{s.warmup_cache},false,{s.warmup_cache_size_mb}"
         env.update(s.env)
+        if cell.multi_node and stack.ray_extra_var:
+            missing = [n for n in stacks.not_forwarded(stack, env) if n not in LOCAL_ONLY_ENV]
+            if missing:
+                env[stack.ray_extra_var] = ",".join(missing)
+        return env
+
+    def _fork_inc_env(
+        self, cell: Cell, calibration: CalibrationArtifacts | None, workdir: Path
+    ) -> dict[str, str]:
+        """Seed 003's table "2.2 手动启动" (start_vllm.sh:71-80, set_head_node.sh:27-34)."""
+        env = {"INC_MEASUREMENT_DUMP_PATH_PREFIX": str(self.inc_prefix(cell, calibration, workdir))}
+        if stacks.checkpoint(cell).quant_method == "fp8":
+            env["VLLM_REQUANT_FP8_INC"] = "1"
+            env["VLLM_ENABLE_RUNTIME_DEQUANT"] = "1"
+        if cell.model.moe:
+            env["VLLM_MOE_N_SLICE"] = "1"
+        env["INC_FORCE_NAIVE_SCALING"] = "1"
+        env["VLLM_HPU_MARK_SCALES_AS_CONST"] = "false"
         return env
 
     def serve_command(
@@ -134,12 +188,25 @@ class GaudiServing(ServingPlans, BackendCore):
         workdir: Path | None = None,
     ) -> Command:
         s = cell.settings.serving
-        argv = ["vllm", "serve", str(cell.model.source)]
+        stack = stacks.profile(cell)
+        model = str(cell.model.source)
+        argv = [*stack.serve_prefix, *((stack.model_flag,) if stack.model_flag else ()), model]
+        note = ""
         if cell.is_fp8:
-            argv += ["--quantization", "inc", "--kv-cache-dtype", cell.kv_cache_dtype]
+            ckpt = stacks.checkpoint(cell)
+            if ckpt.quant_method is None:
+                argv += ["--quantization", "inc"]
+            elif ckpt.quant_method == "fp8":
+                note = f"; FP8 checkpoint ({ckpt.known_from}): QUANT_CONFIG only, no --quantization"
+            else:
+                raise HarnessError(
+                    f"{cell.id}: the checkpoint is quantized with {ckpt.quant_method!r} "
+                    f"({ckpt.known_from}); INC FP8 serves BF16 or FP8 checkpoints only"
+                )
+            argv += ["--kv-cache-dtype", cell.kv_cache_dtype]
         elif cell.kv_cache_dtype != "auto":
             argv += ["--kv-cache-dtype", cell.kv_cache_dtype]
-        if s.weights_load_device:
+        if s.weights_load_device and stack.weights_load_device:
             argv += ["--weights-load-device", s.weights_load_device]
         argv += ["--tensor-parallel-size", str(cell.tp)]
         if cell.pp > 1:
@@ -147,7 +214,7 @@ class GaudiServing(ServingPlans, BackendCore):
         if cell.multi_node:
             argv += ["--distributed-executor-backend", "ray"]
         argv += ["--max-model-len", str(s.max_model_len), "--max-num-seqs", str(s.max_num_seqs)]
-        if cell.ep > 1:
+        if cell.ep > 1 and stack.expert_parallel == "flag":
             argv.append("--enable-expert-parallel")
         if s.block_size:
             argv += ["--block-size", str(s.block_size)]
@@ -164,13 +231,44 @@ class GaudiServing(ServingPlans, BackendCore):
         argv += ["--served-model-name", self.served_name(cell)]
         argv += list(s.extra_args)
         where = f"{cell.nodes} nodes via Ray" if cell.multi_node else "one node"
+        kv_warning = stacks.bf16_kv_warning(cell)
+        if kv_warning:
+            note += f"; {kv_warning}"
+        if cell.ep > 1 and stack.expert_parallel == "env":
+            note += f"; EP {cell.ep} via VLLM_EP_SIZE (the fork's --enable-expert-parallel is on)"
         return Command(
             tuple(argv),
             self.serve_env(cell, calibration, workdir or Path(".")),
-            description=f"vllm serve on {where}, {cell.world_size} HPU"
-            + ("s" if cell.world_size > 1 else ""),
+            description=f"[stack {stack.name}] {stack.server_label} on {where}, "
+            f"{cell.world_size} HPU" + ("s" if cell.world_size > 1 else "") + note,
             node=0 if cell.multi_node else None,
         )
+
+    def ray_node_env(self, cell: Cell, env: dict[str, str]) -> list[str]:
+        """Names of `env` that must be exported on every node before `ray start`: the stack's
+        Ray workers do not receive them from the serving process (stacks.ray_forwards)."""
+        return [n for n in stacks.not_forwarded(stacks.profile(cell), env)
+                if n not in LOCAL_ONLY_ENV]
+
+    def plan_ray_exports(self, cell: Cell, serve: Command) -> list[Command]:
+        """Multi-node: what every node exports before `ray start` (shown by --plan)."""
+        names = self.ray_node_env(cell, dict(serve.env))
+        if not cell.multi_node or not names:
+            return []
+        stack = stacks.profile(cell)
+        how = (f"; vLLM also copies them, named in {stack.ray_extra_var}"
+               if stack.ray_extra_var else "")
+        return [
+            Command(
+                ("export", *(f"{n}={serve.env[n]}" for n in names)),
+                description=(
+                    f"before `ray start` on every node: Ray workers of {stack.name} do not get "
+                    f"{', '.join(names)} from the server process{how}" if node == 0 else ""
+                ),
+                node=node,
+            )
+            for node in range(cell.nodes)
+        ]
 
     def serve_prechecks(self, cell: Cell) -> list[tuple[Command, Any]]:
         """Multi-node: the Ray cluster must show the cell's HPUs before vLLM is started."""
@@ -213,7 +311,11 @@ class GaudiServing(ServingPlans, BackendCore):
     def bench_command(
         self, cell: Cell, base_url: str, concurrency: int, workdir: Path
     ) -> Command:
-        return bench_command(
+        """vllm-gaudi: `vllm bench serve`; the fork's CLI has none, so seed 003's
+        `benchmarks/benchmark_serving.py` (same flags, benchmark_serving.py:1007-1184)."""
+        stack = stacks.profile(cell)
+        fork = stack.bench == "benchmark_serving"
+        cmd = bench_command(
             served_name=self.served_name(cell),
             tokenizer=str(cell.model.source),
             base_url=base_url,
@@ -223,6 +325,13 @@ class GaudiServing(ServingPlans, BackendCore):
             env={**self.cell_env(cell), "no_proxy": "127.0.0.1"},
             trust_remote_code=cell.settings.serving.trust_remote_code
             or cell.model.architecture in TRUST_REMOTE_CODE_ARCHITECTURES,
+            prefix=FORK_BENCH if fork else None,
+        )
+        if not fork:
+            return cmd
+        return dataclasses.replace(
+            cmd, cwd=self.fork_dir(cell),
+            description=f"[stack {stack.name}] benchmark_serving.py at concurrency {concurrency}",
         )
 
 
