@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from typing import TYPE_CHECKING
 from typing import Literal
 
 from harness.stats.difference import PairedTest
@@ -22,6 +23,9 @@ from harness.stats.proportion import Interval
 from harness.stats.proportion import Proportion
 from harness.stats.samples import Samples
 from harness.stats.samples import pair
+
+if TYPE_CHECKING:
+    from harness.gates import GateOutcome
 
 Status = Literal["passed", "failed", "unknown"]
 ALPHA = 0.05
@@ -45,8 +49,9 @@ class Verdict:
         return self.status == "passed"
 
     def as_dict(self) -> dict[str, object]:
-        """The shape of a results.jsonl gate entry, plus `status` and `reference`."""
-        return {
+        """A results.jsonl gate entry (GateOutcome's keys), plus `reference` and the figures
+        the verdict was decided from."""
+        out: dict[str, object] = {
             "metric": self.metric,
             "value": self.value,
             "passed": self.passed,
@@ -56,6 +61,20 @@ class Verdict:
             "reference": self.reference,
             **dict(self.details),
         }
+        if self.status == "unknown":
+            out["missing"] = self.message
+        return out
+
+    def as_outcome(self) -> GateOutcome:
+        """The gate outcome the recorder keeps (`rec.gates.append(verdict.as_outcome())`)."""
+        from harness.gates import GateOutcome
+        from harness.gates import GateStatus
+
+        return GateOutcome(
+            self.metric, self.value, self.passed, self.bound, self.message,
+            status=GateStatus(self.status),
+            missing=self.message if self.status == "unknown" else "",
+        )
 
 
 def _pct(x: float) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from test_history import BF16  # beside this file: pytest's rootdir-relative import
 from test_history import FP8
+from test_history import VERSIONS
 from test_history import write_run
 
 from harness.history import History
@@ -155,3 +156,29 @@ def test_a_bad_history_url_is_refused_before_the_run():
         resolve_history_url("redis://x", None, Path("reports"))
     assert describe(None) == "history: off"
     assert describe("postgresql://ci:pw@db/h") == "history: postgresql://ci:***@db/h"
+
+
+def test_history_references_fall_back_from_the_run_to_the_history(
+    tmp_path: Path, history: History
+):
+    from harness.cell import Cell
+    from harness.cell import ModelFacts
+    from harness.history.references import HistoryReferences
+    from harness.references import NoReferences
+
+    import_runs(history, [write_run(tmp_path / "reports", "20261201-010000-000-aaaa")])
+    cell = Cell(ModelFacts("tiny"), "cpu", quantization="fp8", kv_cache_dtype="fp8")
+    assert cell.id == FP8
+    like = RunContext.from_record({
+        "run_id": "20261202-010000-000-aaaa", "backend": "cpu", "versions": VERSIONS,
+        "host_fingerprint": {"host_class": "cpu/cpu/x86_64/test/2c", "device": "cpu"},
+    })
+    found = HistoryReferences(NoReferences(), history, like).bf16_for(cell, "accuracy")
+    assert found.metrics is not None and found.metrics["exact_match_strict"] == 0.85
+    assert found.source == "BF16 run 20261201-010000-000-aaaa (commit abc1234) from history"
+    other = RunContext.from_record({**{"run_id": "r9", "backend": "cpu"},
+                                    "versions": {"vllm": "0.40.0"}})
+    missing = HistoryReferences(NoReferences(), history, other).bf16_for(cell, "accuracy")
+    assert missing.metrics is None
+    assert missing.missing.startswith("no run to look the BF16 twin up in; and no passing")
+    assert "vllm 0.32.0 -> 0.40.0" in missing.missing

@@ -121,3 +121,14 @@ def test_no_reference_is_unknown_never_a_pass():
 def test_expected_reference_fails_a_clearly_lower_fp8():
     verdict = stats.expected_accuracy_verdict(stats.Proportion(180, 250), 0.80, 0.02)
     assert verdict.status == "failed"  # 72% vs 80%, Wilson high 0.77
+
+
+def test_a_verdict_becomes_the_gate_outcome_the_recorder_keeps():
+    from harness.gates import GateStatus
+
+    unknown = stats.drop_vs_bf16_verdict(ACC, FP8, [None], 0.02, cell=CELL)
+    outcome = unknown.as_outcome()
+    assert outcome.status is GateStatus.UNKNOWN and not outcome.passed
+    assert outcome.missing == unknown.message and unknown.as_dict()["missing"] == unknown.message
+    passed = stats.paired_accuracy_verdict(FP8, BF16, max_drop=0.02).as_outcome()
+    assert passed.status is GateStatus.PASSED and passed.passed
