@@ -100,6 +100,7 @@ def _results_file(path: Path) -> Path | None:
 def import_runs(history: History, paths: Iterable[Path]) -> ImportSummary:
     """Import each run directory (or results.jsonl); other paths are listed as skipped."""
     summary = ImportSummary()
+    stored = set(history.run_ids())
     for path in paths:
         source = _results_file(path)
         if source is None:
@@ -114,8 +115,9 @@ def import_runs(history: History, paths: Iterable[Path]) -> ImportSummary:
             summary.problems.append(str(exc))
             continue
         run_id = str(context["run_id"])
-        known = run_id in set(history.run_ids())
+        known = run_id in stored
         history.record_run(context, source_dir=source.parent.resolve())
+        stored.add(run_id)
         summary.runs_seen += known
         summary.runs_new += not known
         for result in results:
