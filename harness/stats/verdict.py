@@ -167,7 +167,7 @@ def paired_accuracy_verdict(
         "drop_ci95_low": round(drop.low, 4),
         "drop_ci95_high": round(drop.high, 4),
     }
-    bound = f"drop <= {max_drop:g} unless not significant"
+    bound = f"drop <= {max_drop:g} or not significant (alpha {alpha:g})"
     return Verdict(metric, status, c.fp8_rate, bound, message, reference, details)
 
 
@@ -198,7 +198,7 @@ def unpaired_accuracy_verdict(
         "drop_ci95_low": round(drop.low, 4),
         "drop_ci95_high": round(drop.high, 4),
     }
-    bound = f"drop <= {max_drop:g} unless not significant"
+    bound = f"drop <= {max_drop:g} or not significant (alpha {alpha:g})"
     return Verdict(metric, status, fp8.value, bound, message, reference, details)
 
 
@@ -229,7 +229,7 @@ def expected_accuracy_verdict(
         "drop_ci95_low": round(drop.low, 4),
         "drop_ci95_high": round(drop.high, 4),
     }
-    bound = f"drop <= {max_drop:g} unless not significant"
+    bound = f"drop <= {max_drop:g} or not significant (alpha {alpha:g})"
     return Verdict(metric, status, ci.point, bound, message, reference, details)
 
 
