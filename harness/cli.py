@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
 from harness.options import parse_compare_check
+
+if TYPE_CHECKING:
+    from harness.cell import Cell
+    from harness.cell import Stage
+    from harness.matrix import Matrix
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    """Print the plan through pytest, so it is exactly what `pytest suites --plan` shows."""
+    """Print the plan through pytest, so it is exactly what `pytest suites --plan` shows;
+    `--json`: the same plan as data (one record per cell, argv lists) for users' tooling."""
+    if args.json:
+        return _plan_json(args)
     import pytest
 
     argv = [str(SUITES_DIR), "--plan", "-q", "-p", "no:cacheprovider", "--matrix", args.matrix]
@@ -27,7 +37,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return int(pytest.main(argv))
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
+def _selection(args: argparse.Namespace) -> tuple[Matrix, list[Cell], tuple[Stage, ...] | None]:
+    """The matrix, the cells --cells selects and the --stages asked for (None: all); a glob
+    or stage list that selects nothing is an error naming it."""
     from harness.matrix import load_matrix
     from harness.options import check_selection
     from harness.options import parse_globs
@@ -42,8 +54,30 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     check_selection(matrix, globs, stages)
     cells = [c for c in matrix.cells if not globs or any(fnmatch.fnmatchcase(c.id, g)
                                                          for g in globs)]
+    return matrix, cells, stages
+
+
+def _plan_json(args: argparse.Namespace) -> int:
+    from harness import backends
+    from harness.plan import render_plan_json
+
+    matrix, cells, stages = _selection(args)
+    backend = backends.get(args.backend or matrix.backend)
+    pairs = [(c, s) for c in cells for s in c.stages if stages is None or s in stages]
+    print(render_plan_json(pairs, backend, Path("reports") / "plan"))
+    return 0
+
+
+def _cmd_collectives(args: argparse.Namespace) -> int:
+    from harness.collectives import check
+
+    return check.main(args.args)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    matrix, cells, _ = _selection(args)
     print(f"{matrix.path}: {len(matrix.cells)} cells, backend {matrix.backend}")
-    if globs:
+    if args.cells:
         print(f"  --cells {args.cells}: {len(cells)} of them")
     for cell in cells:
         print(f"  {cell.id}  stages: {', '.join(s.value for s in cell.stages)}")
@@ -158,7 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--backend", choices=("cpu", "gaudi"))
     plan.add_argument("--cells", metavar="GLOBS")
     plan.add_argument("--stages", metavar="STAGES")
+    plan.add_argument("--json", action="store_true", help="the plan as JSON records, per cell")
     plan.set_defaults(func=_cmd_plan)
+
+    coll = sub.add_parser(
+        "collectives", help="check hccl_demo output run by hand: `collectives check LOG...`"
+    )
+    coll.add_argument("action", choices=("check",))
+    coll.add_argument("args", nargs=argparse.REMAINDER, help="see `collectives check --help`")
+    coll.set_defaults(func=_cmd_collectives)
 
     validate = sub.add_parser("validate", help="Load a matrix and list its cells")
     validate.add_argument("--matrix", default="smoke-cpu", metavar="NAME|PATH")
@@ -234,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"harness {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `harness plan --json | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

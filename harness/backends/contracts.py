@@ -102,6 +102,10 @@ class CollectivesBackend(RayBackend, Protocol):
     collectives_metric_names: tuple[str, str]  # (algbw, busbw)
     collectives_hint: str
 
+    def collectives_nodes(self, cell: Cell) -> int:
+        """The nodes the benchmark spans (gaudi: the calibration's too, seed 000)."""
+        ...
+
     def collectives_collect(self, cell: Cell, workdir: Path) -> dict[int, list[str]]: ...
 
     def collectives_figures(

@@ -8,7 +8,7 @@ rank check lines) without a whole run:
         [--matrix deepseek-r1-multinode --cell 'deepseek-r1-0528/g2-n2/*']
 
 Exit status: 0 all good, 1 a bad rank or a failed gate, 2 no figures in the input.
-(`harness collectives check` is the intended CLI spelling; harness/cli.py is to route to main.)
+The same as `harness collectives check LOG... --device g2 ...`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from harness.collectives.bandwidth import headline
 from harness.collectives.hccl_output import HcclReport
 from harness.collectives.hccl_output import parse_csv
 from harness.collectives.hccl_output import parse_output
+from harness.devices import DEVICES
+from harness.devices import GAUDI_DEVICES
 from harness.gates import evaluate
 from harness.matrix import load_matrix
 
-CARDS_PER_NODE = {"g2": 8, "g3": 8}  # HL-225 / HL-325L OAM nodes, as the seeds run hccl_demo
+CARDS_PER_NODE = {name: DEVICES[name].cards_per_node for name in GAUDI_DEVICES}
 METRICS = ("algo_bandwidth_gbps", "nw_bandwidth_gbps")  # the gaudi backend's metric names
 
 

@@ -114,6 +114,15 @@ def unknown_gates(run: Run) -> list[tuple[str, str, str]]:
     ]
 
 
+def _stack_lines(run: Run) -> list[str]:
+    """The serving stack of every cell that names one (gaudi: vllm-gaudi or vllm-fork)."""
+    stacks = {r.cell: r.metrics["stack"] for r in run.results
+              if r.stage == "serving" and r.metrics.get("stack")}
+    if not stacks:
+        return []
+    return ["", "Serving stack per cell:", "", *(f"- {c}: {s}" for c, s in stacks.items())]
+
+
 def _emulation(run: Run) -> dict[str, Mapping[str, Any]]:
     """Cells whose serving numbers rest on something this host emulated, with the facts."""
     out: dict[str, Mapping[str, Any]] = {}
@@ -293,6 +302,7 @@ def render(run: Run, history: list[Run] | None = None, plotted: bool = False) ->
         "## Cells",
         "",
         *cells_table(run.results),
+        *_stack_lines(run),
         "",
         "## Gates",
         "",

@@ -42,7 +42,7 @@ def record(ctx: StageContext, rows: Sequence[BandwidthRow], verified: bool | Non
             busbw: round(top.busbw_gbps, 6),
             "size_bytes": top.size_bytes,
             "nranks": top.nranks,
-            "nodes": ctx.cell.nodes,
+            "nodes": ctx.backend.collectives_nodes(ctx.cell),
             "iterations": top.iterations,
         }
     )
@@ -74,7 +74,7 @@ def _run_all(ctx: StageContext) -> list[CommandOutput]:
             outputs += run_on_nodes(
                 group,
                 backend.ray_cluster(cell),
-                backend.ray_placement(cell, cell.nodes),
+                backend.ray_placement(cell, backend.collectives_nodes(cell)),
                 where,
                 ctx.env,
                 timeout,

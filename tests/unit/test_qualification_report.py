@@ -143,3 +143,12 @@ def test_values_are_shown_readably(value, shown):
     results = [_stage(BF16, "accuracy")]
     results[0].gates = [{"metric": "accuracy.x", "value": value, "passed": False, "bound": "present"}]
     assert f"| accuracy.x | {shown} |" in q.render(_run(results))
+
+
+def test_the_report_names_the_serving_stack_of_each_cell_that_has_one():
+    results = _passing()
+    serving = next(r for r in results if r.stage == "serving")
+    serving.metrics["stack"] = "vllm-fork"
+    text = q.render(_run(results))
+    assert f"- {serving.cell}: vllm-fork" in text
+    assert "Serving stack per cell" not in q.render(_run(_passing()))

@@ -36,6 +36,10 @@ class CpuCollectives:
         "every rank can reach (lo on one host)"
     )
 
+    def collectives_nodes(self, cell: Cell) -> int:
+        """The cell's own nodes: one local Ray node each."""
+        return cell.nodes
+
     def collectives_ranks(self, cell: Cell) -> tuple[int, int]:
         """(ranks, ranks per node): the cell's world size, at least 2, spread over its nodes."""
         wanted = max(2, cell.settings.collectives.ranks or cell.world_size, cell.nodes)
