@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_subparser(sub)
+
+    from harness.history.cli import add_subparser as add_history_subparser
+
+    add_history_subparser(sub)
     return parser
 
 
