@@ -188,6 +188,7 @@ class RunOptions:
     # the options that narrowed the run to part of the matrix, as typed (for the report)
     selection: tuple[str, ...] = ()
     recalibrate_invalid: bool = False  # for calibration.service.ensure(recalibrate_invalid=)
+    history_url: str | None = None  # the history database every result also goes to; None: off
 
     @classmethod
     def from_config(cls, config: Any) -> RunOptions:
@@ -212,6 +213,19 @@ class RunOptions:
                 problem = compare_fail_problem(checks, _under(root, results), baseline)
                 if problem:
                     raise pytest.UsageError(problem)
+        from harness.history.options import resolve_history_url
+        from harness.history.url import HistoryError
+
+        try:
+            history_url = resolve_history_url(
+                config.getoption("harness_history_db", None),
+                config.getini("harness_history_db") or None,
+                _under(root, results),
+            )
+        except HistoryError as exc:
+            import pytest
+
+            raise pytest.UsageError(f"--history-db / harness_history_db: {exc}") from None
         return cls(
             matrix=pick("harness_matrix", "harness_matrix", "smoke-cpu") or "smoke-cpu",
             backend=pick("harness_backend", "harness_backend", None),
@@ -224,6 +238,7 @@ class RunOptions:
             compare_fail=checks,
             selection=_selection(config),
             recalibrate_invalid=bool(config.getoption("harness_recalibrate_invalid", False)),
+            history_url=history_url,
         )
 
 

@@ -19,6 +19,8 @@ from harness.cell import Cell
 from harness.cell import Stage
 from harness.devices import DEVICES
 from harness.errors import HarnessError
+from harness.history.options import HISTORY_INI
+from harness.history.options import add_history_option
 from harness.matrix import load_matrix
 from harness.options import RunOptions
 from harness.options import add_harness_options
@@ -38,6 +40,9 @@ from harness.stages.serving import ServerHandle
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "FP8 serving qualification harness")
     add_harness_options(group.addoption)
+    add_history_option(group.addoption)
+    name, text, _, default = HISTORY_INI  # a string option
+    parser.addini(name, text, type="string", default=default)
     parser.addini("harness_matrix", "Default matrix (name or path)", default="")
     parser.addini("harness_backend", "Default backend (cpu or gaudi)", default="")
     parser.addini("harness_results_dir", "Default results directory", default="")

@@ -8,6 +8,7 @@ UNKNOWN (harness.gates), never a pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,3 +79,21 @@ class RunReferences:
         return Reference(
             None, missing=f"the BF16 twin {twin} had not recorded its {stage} stage yet"
         )
+
+
+class FallbackReferences:
+    """This run's references first; a reference it lacks is asked of `fallback()` (e.g. the
+    history database), built only then: a run whose twins are all here loads no more."""
+
+    def __init__(self, run: References, fallback: Callable[[], References]) -> None:
+        self.run = run
+        self._fallback = fallback
+        self._built: References | None = None
+
+    def bf16_for(self, cell: Cell, stage: str) -> Reference:
+        found = self.run.bf16_for(cell, stage)
+        if found.metrics is not None:
+            return found
+        if self._built is None:
+            self._built = self._fallback()
+        return self._built.bf16_for(cell, stage)

@@ -15,9 +15,11 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Generator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 import pytest
@@ -36,6 +38,8 @@ from harness.plan import render_plan
 from harness.process import kill_all_groups
 from harness.recording import one_line
 from harness.recording import stage_result
+from harness.references import FallbackReferences
+from harness.references import References
 from harness.references import RunReferences
 from harness.report.junit import junit_case
 from harness.report.run_end import finish_run
@@ -43,6 +47,7 @@ from harness.report.run_end import load_baseline
 from harness.results import RunStore
 from harness.results import new_run_id
 from harness.results import now_iso
+from harness.results import read_records
 from harness.results import stage_results
 from harness.run_ending import SignalWatch
 from harness.run_ending import end_record
@@ -50,6 +55,10 @@ from harness.run_ending import ending_line
 from harness.run_ending import signals_deferred
 from harness.stages.base import Recorder
 from harness.stages.base import StageContext
+
+if TYPE_CHECKING:  # the history package (SQLAlchemy) loads only when a run uses it
+    from harness.history.context import RunContext
+    from harness.history.writer import HistoryWriter
 
 STAGE_MARKERS = {s.value: s for s in Stage}
 PLUGIN_NAME = "harness-session"
@@ -140,6 +149,12 @@ class HarnessSession:
         self._selected_pairs: list[tuple[str, str]] = []  # (cell id, stage) of the items
         self.signals = SignalWatch()  # which signal stopped the run, for its end record
         self._opened = False
+        self.history: HistoryWriter | None = None
+        if options.history_url:
+            from harness.history.writer import HistoryWriter
+
+            self.history = HistoryWriter(options.history_url)
+        self.like: RunContext | None = None  # this run's context, for like-with-like history
         self.regressions: list[str] = []  # against --baseline, set at session end
 
     # selection and order ---------------------------------------------------------------
@@ -184,25 +199,48 @@ class HarnessSession:
         if self._opened or self.options.plan:
             return
         self._opened = True
-        if self.is_worker:
+        if self.is_worker:  # the controller wrote the context line
+            line = next((r for r in read_records(self.store.path) if r.get("kind") == "run"), {})
+            self._remember_run(line)
             return
-        self.store.open(
-            {
-                "matrix": str(self.matrix.path),
-                "matrix_name": self.matrix.name,
-                "matrix_sha256": self.matrix.digest,
-                "backend": self.backend.name,
-                "harness_version": __version__,
-                "commit": _git_commit(Path(__file__).resolve().parent),
-                "selection": list(self.options.selection),
-                "matrix_stages": sum(len(c.stages) for c in self.matrix.cells),
-                "host": platform.node(),
-                "python": platform.python_version(),
-                "inventory": self.backend.inventory().detail,
-                "versions": self.backend.stack_versions(),
-                "started": now_iso(),
-            }
-        )
+        from harness.history.context import local_fingerprint
+
+        inventory = self.backend.inventory()
+        context = {
+            "kind": "run",
+            "run_id": self.store.run_id,
+            **self._context(inventory.detail),
+            "host_fingerprint": local_fingerprint(self.backend.name, inventory.device or ""),
+        }
+        self.store.open({k: v for k, v in context.items() if k not in ("kind", "run_id")})
+        self._remember_run(context)
+
+    def _remember_run(self, line: dict[str, Any]) -> None:
+        """The run's context for history queries, and its record in the history database (every
+        xdist worker records it too: idempotent by run id, and its results need it first)."""
+        from harness.history.context import RunContext
+
+        self.like = RunContext.from_record(line)
+        if self.history is not None and line:
+            self.history.record_run(line, self.store.dir)
+
+    def _context(self, inventory: str) -> dict[str, Any]:
+        """What the run's first line says about it (matrix, commit, host, stack versions)."""
+        return {
+            "matrix": str(self.matrix.path),
+            "matrix_name": self.matrix.name,
+            "matrix_sha256": self.matrix.digest,
+            "backend": self.backend.name,
+            "harness_version": __version__,
+            "commit": _git_commit(Path(__file__).resolve().parent),
+            "selection": list(self.options.selection),
+            "matrix_stages": sum(len(c.stages) for c in self.matrix.cells),
+            "host": platform.node(),
+            "python": platform.python_version(),
+            "inventory": inventory,
+            "versions": self.backend.stack_versions(),
+            "started": now_iso(),
+        }
 
     # what fixtures hand to stages --------------------------------------------------------
     def resources(self, cell: Cell) -> CellResources:
@@ -219,10 +257,22 @@ class HarnessSession:
             workdir=resources.workdir(stage),
             cache_dir=self.options.cache_dir,
             recorder=recorder,
-            references=RunReferences(
-                self.store, [c.id for c in self.matrix.cells], self._selected
-            ),
+            references=self._references(),
         )
+
+    def _references(self) -> References:
+        """BF16 twins of this run; then, with a history database, its last passing BF16 run."""
+        run = RunReferences(self.store, [c.id for c in self.matrix.cells], self._selected)
+        history, like = self.history, self.like
+        if history is None or like is None:
+            return run
+
+        def from_history() -> References:  # SQLAlchemy and the stats load only when needed
+            from harness.history.references import HistoryReferences
+
+            return HistoryReferences(run, history.reader(), like)
+
+        return FallbackReferences(run, from_history)
 
     # hooks: collection -----------------------------------------------------------------
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -323,7 +373,9 @@ class HarnessSession:
             self.failures[cell.id] = f"{stage.value} failed: {one_line(result.message, cell.id)}"
         if not self.options.plan:
             self.open_store()
-            self.store.append(result)
+            self.store.append(result)  # the record of truth first, then the history
+            if self.history is not None:
+                self.history.record_result(self.store.run_id, result)
         # like record_property: junitxml writes the item's properties with its teardown report
         item.user_properties.append(("cell", cell.id))
         for name, value in result.metrics.items():
@@ -350,6 +402,9 @@ class HarnessSession:
             self.regressions = finish_run(
                 self.store, self.matrix.name, self.baseline, self.options.compare_fail, ending
             )
+            unwritten = self.history.close(self.store.dir) if self.history is not None else None
+            if unwritten:
+                print(f"harness: {unwritten}", file=sys.stderr)
         if self.regressions and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

