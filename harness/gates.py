@@ -21,11 +21,17 @@ class GateSpec(BaseModel):
     expected: float | None = None
     tolerance: float | None = None
     max_drop_vs_bf16: float | None = None  # FP8 cell >= BF16 cell of same model/device - this
+    # the metric's 95% interval must lie above this (vLLM's accuracy gate): `<name>_ci95_low`
+    min_lower_bound: float | None = None
+    # FP8 vs BF16: fail unless FP8 is shown no worse than max_drop (default: fail only when it
+    # is shown worse by more than max_drop, paired per problem)
+    require_non_inferiority: bool = False
 
     @model_validator(mode="after")
     def _one_bound_at_least(self) -> GateSpec:
-        if all(v is None for v in (self.min, self.max, self.expected, self.max_drop_vs_bf16)):
-            raise ValueError("a gate needs min, max, expected or max_drop_vs_bf16")
+        bounds = (self.min, self.max, self.expected, self.max_drop_vs_bf16, self.min_lower_bound)
+        if all(v is None for v in bounds):
+            raise ValueError("a gate needs min, max, expected, max_drop_vs_bf16 or min_lower_bound")
         if self.tolerance is not None and self.expected is None:
             raise ValueError("tolerance needs expected")
         return self
@@ -124,11 +130,13 @@ def evaluate(
     *,
     is_bf16: bool = False,
     bf16_missing: str = "",
+    drop_judged: bool = False,
 ) -> list[GateOutcome]:
     """Apply every gate of `stage` to the stage's metrics; a gated metric that is absent fails.
 
     `max_drop_vs_bf16` does not apply to a BF16 cell (`is_bf16`: it is the reference); for any
-    other cell without `bf16_metrics` it is UNKNOWN, with `bf16_missing` saying why."""
+    other cell without `bf16_metrics` it is UNKNOWN, with `bf16_missing` saying why; with
+    `drop_judged` it is left to the caller (the accuracy stage's paired per-problem test)."""
     outcomes: list[GateOutcome] = []
     prefix = f"{stage}."
     gated = {k for k in gates if k.startswith(prefix)}
@@ -140,7 +148,10 @@ def evaluate(
             continue
         covered.add(key if key in gates else key.split("@", 1)[0])
         outcomes.extend(
-            _check(cell_id, key, float(value), spec, bf16_metrics, name, is_bf16, bf16_missing)
+            _check(
+                cell_id, key, float(value), spec, bf16_metrics, name,
+                is_bf16 or drop_judged, bf16_missing, _number(metrics.get(ci_low_name(name))),
+            )
         )
     for missing in sorted(gated - covered):
         outcomes.append(
@@ -160,6 +171,7 @@ def _check(
     name: str,
     is_bf16: bool,
     bf16_missing: str,
+    low: float | None = None,
 ) -> list[GateOutcome]:
     out = []
     lower = spec.lower
@@ -169,6 +181,8 @@ def _check(
     if spec.max is not None:
         ok = value <= spec.max
         out.append(_outcome(cell_id, key, value, ok, f"<= {spec.max:g}"))
+    if spec.min_lower_bound is not None:
+        out.append(_lower_bound(cell_id, key, value, spec.min_lower_bound, low, name))
     if spec.max_drop_vs_bf16 is not None and not is_bf16:
         if bf16 is None or name not in bf16:
             missing = bf16_missing or "the BF16 twin's result"
@@ -189,6 +203,34 @@ def _check(
             bound = f">= bf16 {bf16[name]:g} - {spec.max_drop_vs_bf16:g}"
             out.append(_outcome(cell_id, key, value, ok, bound))
     return out
+
+
+def _lower_bound(
+    cell_id: str, key: str, value: float, floor: float, low: float | None, name: str
+) -> GateOutcome:
+    """The 95% interval's low end (recorded as `<name>_ci95_low`) must reach `floor`."""
+    bound = f"CI low >= {floor:g}"
+    if low is None:
+        return GateOutcome(
+            key, value, False, bound,
+            f"{cell_id}: {key}: UNKNOWN, not evaluated: no 95% interval recorded",
+            GateStatus.UNKNOWN, f"{name}_ci95_low was not recorded (the stage records n for it)",
+        )
+    verdict = "ok" if low >= floor else "FAILED"
+    return GateOutcome(
+        key, value, low >= floor, bound,
+        f"{cell_id}: {key} = {value:g}, 95% CI low {low:g} (gate {bound}) {verdict}",
+    )
+
+
+def ci_low_name(name: str) -> str:
+    """Where a metric's 95% interval low end is recorded: `x_ci95_low`, `x_ci95_low@c32`."""
+    base, at, suffix = name.partition("@")
+    return f"{base}_ci95_low{at}{suffix}"
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _outcome(cell_id: str, key: str, value: float, ok: bool, bound: str) -> GateOutcome:

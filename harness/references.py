@@ -12,12 +12,17 @@ from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from typing import Protocol
 
 from harness.cell import Cell
 from harness.cell import bf16_twin_id
+from harness.gates import GateOutcome
+from harness.gates import GateSpec
+from harness.gates import GateStatus
 from harness.results import RunStore
+from harness.results import StageResult
 
 
 @dataclass(frozen=True)
@@ -34,12 +39,49 @@ class References(Protocol):
 
     def bf16_for(self, cell: Cell, stage: str) -> Reference: ...
 
+    def fp8_verdict(self, fp8: StageResult, name: str, spec: GateSpec) -> GateOutcome:
+        """The FP8-vs-BF16 gate on accuracy metric `name`: per problem against the twin's
+        logged samples where both are readable; UNKNOWN (never a pass) without a reference."""
+        ...
+
+
+def judge_fp8(
+    fp8: StageResult,
+    twin: StageResult | None,
+    run_dir: Path,
+    name: str,
+    spec: GateSpec,
+    history: Any = None,
+    like: Any = None,
+    use_expected: bool = True,
+) -> GateOutcome:
+    """harness.history.baselines.fp8_accuracy_verdict as a gate outcome (stats load here): the
+    twin, else the history's last passing BF16 run, else (`use_expected`) the gate's expected
+    value."""
+    from harness.history.baselines import fp8_accuracy_verdict
+    from harness.history.context import RunContext
+
+    verdict = fp8_accuracy_verdict(
+        fp8, twin, run_dir, history, like or RunContext(run_id=""),
+        float(spec.max_drop_vs_bf16 or 0.0), expected=spec.expected if use_expected else None,
+        name=name,
+        require_non_inferiority=spec.require_non_inferiority,
+    )
+    return verdict.as_outcome()
+
 
 class NoReferences:
     """For contexts outside a run (tests of a single stage): every reference is missing."""
 
     def bf16_for(self, cell: Cell, stage: str) -> Reference:
         return Reference(None, missing="no run to look the BF16 twin up in")
+
+    def fp8_verdict(self, fp8: StageResult, name: str, spec: GateSpec) -> GateOutcome:
+        key = f"accuracy.{name}"
+        missing = "no run to look the BF16 twin up in"
+        return GateOutcome(key, float("nan"), False, "vs bf16",
+                           f"{fp8.cell}: {key}: UNKNOWN, not evaluated: {missing}",
+                           GateStatus.UNKNOWN, missing)
 
 
 class RunReferences:
@@ -51,6 +93,8 @@ class RunReferences:
         self.store = store
         self.matrix_ids = frozenset(matrix_ids)
         self.selected_ids = frozenset(selected_ids)
+        # the gate's `expected` value is the last resort: off when a history fallback follows
+        self.use_expected = True
 
     def bf16_for(self, cell: Cell, stage: str) -> Reference:
         twin = bf16_twin_id(cell.id)
@@ -80,6 +124,25 @@ class RunReferences:
             None, missing=f"the BF16 twin {twin} had not recorded its {stage} stage yet"
         )
 
+    def fp8_verdict(self, fp8: StageResult, name: str, spec: GateSpec) -> GateOutcome:
+        twin = bf16_twin_id(fp8.cell)
+        found = self.store.latest(twin, "accuracy") if self.store.path.is_file() else None
+        outcome = judge_fp8(fp8, found, self.store.dir, name, spec, use_expected=self.use_expected)
+        if outcome.unknown:  # say why this run had no twin, and how to provide one
+            why = self._missing_twin(twin)
+            return GateOutcome(outcome.metric, outcome.value, False, outcome.bound,
+                               f"{outcome.message}; {why}", GateStatus.UNKNOWN,
+                               f"{outcome.missing}; {why}")
+        return outcome
+
+    def _missing_twin(self, twin: str) -> str:
+        if twin not in self.matrix_ids:
+            return (f"no BF16 twin {twin} in the matrix: add bf16 (kv_cache_dtype auto) to this "
+                    "model's axes, give the gate an expected BF16 value, or drop max_drop_vs_bf16")
+        if twin not in self.selected_ids:
+            return f"the BF16 twin {twin} is not in this run's selection: include it"
+        return f"the BF16 twin {twin} has no passing accuracy record in this run"
+
 
 class FallbackReferences:
     """This run's references first; a reference it lacks is asked of `fallback()` (e.g. the
@@ -94,6 +157,15 @@ class FallbackReferences:
         found = self.run.bf16_for(cell, stage)
         if found.metrics is not None:
             return found
+        return self._built_fallback().bf16_for(cell, stage)
+
+    def fp8_verdict(self, fp8: StageResult, name: str, spec: GateSpec) -> GateOutcome:
+        outcome = self.run.fp8_verdict(fp8, name, spec)
+        return outcome if not outcome.unknown else self._built_fallback().fp8_verdict(
+            fp8, name, spec
+        )
+
+    def _built_fallback(self) -> References:
         if self._built is None:
             self._built = self._fallback()
-        return self._built.bf16_for(cell, stage)
+        return self._built

@@ -266,6 +266,7 @@ class HarnessSession:
         history, like = self.history, self.like
         if history is None or like is None:
             return run
+        run.use_expected = False  # this run's twin, then the history, then `expected`
 
         def from_history() -> References:  # SQLAlchemy and the stats load only when needed
             from harness.history.references import HistoryReferences

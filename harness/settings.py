@@ -168,6 +168,16 @@ class ThroughputSettings(_Strict):
     # SLOs in ms for vLLM's --goodput, e.g. {"ttft": 2000, "tpot": 100}
     goodput: dict[Literal["ttft", "tpot", "e2el"], PositiveFloat] = Field(default_factory=dict)
     timeout_s: float = Field(default=3600.0, gt=0)
+    # runs per concurrency against the same server; the figure is their median (odd: a median
+    # that is one of the runs), with min, max and a 95% interval beside it
+    repeats: int = Field(default=1, ge=1)
+
+    @field_validator("repeats")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"must be odd (got {value}): the median of an odd count is a run")
+        return value
 
     @field_validator("concurrencies")
     @classmethod

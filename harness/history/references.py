@@ -11,14 +11,20 @@ with neither the miss names both (the gate is then UNKNOWN, never a pass).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from harness.cell import Cell
 from harness.cell import bf16_twin_id
+from harness.gates import GateOutcome
+from harness.gates import GateSpec
 from harness.history.baselines import differs_note
 from harness.history.context import RunContext
 from harness.history.store import History
 from harness.history.url import HistoryError
 from harness.references import Reference
 from harness.references import References
+from harness.references import judge_fp8
+from harness.results import StageResult
 
 
 class HistoryReferences:
@@ -50,3 +56,23 @@ class HistoryReferences:
             missing=f"{found.missing}; and no passing {twin} run of the same stack on "
             f"{self.like.host_class or 'this host class'} in the history database{note}",
         )
+
+    def fp8_verdict(self, fp8: StageResult, name: str, spec: GateSpec) -> GateOutcome:
+        """This run's twin, else the last passing BF16 run in the history, else the gate's
+        expected value (harness.history.baselines.fp8_accuracy_verdict), else UNKNOWN."""
+        outcome = self.run.fp8_verdict(fp8, name, spec)
+        if not outcome.unknown:
+            return outcome
+        twin = self.store_twin(fp8)
+        return judge_fp8(fp8, twin, self.run_dir(), name, spec, self.history, self.like)
+
+    def store_twin(self, fp8: StageResult) -> StageResult | None:
+        store = getattr(self.run, "store", None)
+        if store is None or not store.path.is_file():
+            return None
+        found: StageResult | None = store.latest(bf16_twin_id(fp8.cell), "accuracy")
+        return found
+
+    def run_dir(self) -> Path:
+        store = getattr(self.run, "store", None)
+        return Path(store.dir) if store is not None else Path(".")

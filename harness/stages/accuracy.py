@@ -9,7 +9,9 @@ folder (results and per-sample logs) is kept as an artifact.
 from __future__ import annotations
 
 from harness.errors import HarnessError
+from harness.gates import GateOutcome
 from harness.process import CommandFailed
+from harness.results import StageResult
 from harness.serving.client import run_client
 from harness.serving.commands import LM_EVAL_OUTPUT
 from harness.serving.lmeval import latest_results_file
@@ -18,6 +20,8 @@ from harness.serving.server import ServerFailed
 from harness.stages.base import StageContext
 from harness.stages.serving import ServerHandle
 from harness.stages.serving import failure
+
+ACCURACY_METRICS = ("exact_match_strict", "exact_match_flexible")
 
 
 def run(ctx: StageContext, server: ServerHandle) -> None:
@@ -43,11 +47,32 @@ def run(ctx: StageContext, server: ServerHandle) -> None:
     except HarnessError as exc:
         raise failure(cell, ctx.stage, exc) from None
     rec.update(result.metrics())
+    from harness.stats.proportion import interval_metrics  # scipy: not at collection time
+
+    for name in ACCURACY_METRICS:  # n and the Wilson 95% interval beside each figure
+        rec.update(interval_metrics(name, float(rec.metrics[name]), int(result.samples)))
+    judged = _paired_fp8_gates(ctx)
     reference = ctx.bf16_reference() if cell.is_fp8 else None
     bf16 = reference.metrics if reference else None
     if bf16 is not None:
-        for name in ("exact_match_strict", "exact_match_flexible"):
+        for name in ACCURACY_METRICS:
             if name in bf16:
                 rec.metric(f"{name}_bf16", bf16[name])
                 rec.metric(f"{name}_delta_vs_bf16", round(rec.metrics[name] - bf16[name], 4))
-    ctx.check_gates(reference)
+    ctx.check_gates(reference, judged)
+
+
+def _paired_fp8_gates(ctx: StageContext) -> list[GateOutcome]:
+    """An FP8 cell's `max_drop_vs_bf16` gates judged per problem against its BF16 reference
+    (exact McNemar on lm-eval's logged samples; harness.stats), not by point estimates."""
+    if not ctx.cell.is_fp8:
+        return []
+    fp8 = StageResult(
+        cell=ctx.cell.id, stage="accuracy", status="passed",
+        metrics=dict(ctx.recorder.metrics), artifacts=dict(ctx.recorder.artifacts),
+    )
+    return [
+        ctx.references.fp8_verdict(fp8, key.split(".", 1)[1], spec)
+        for key, spec in ctx.cell.gates.items()
+        if key.startswith("accuracy.") and spec.max_drop_vs_bf16 is not None
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -67,17 +68,21 @@ class StageContext:
         """The BF16 cell with the same model, device and parallelism, or why there is none."""
         return self.references.bf16_for(self.cell, self.stage.value)
 
-    def check_gates(self, reference: Reference | None = None) -> list[GateOutcome]:
+    def check_gates(
+        self, reference: Reference | None = None, judged: Sequence[GateOutcome] = ()
+    ) -> list[GateOutcome]:
         """Evaluate this stage's gates on what was recorded; raise GateFailed listing failures.
 
-        A gate whose reference is missing is recorded UNKNOWN (never a pass) and does not fail
-        the stage: the run's verdict says what was not evaluated and how to provide it."""
+        `judged`: the stage's own outcomes of its FP8-vs-BF16 gates (the accuracy stage judges
+        them per problem), which then replace the point-estimate comparison. A gate whose
+        reference is missing is recorded UNKNOWN (never a pass) and does not fail the stage:
+        the run's verdict says what was not evaluated and how to provide it."""
         needs_twin = self.cell.is_fp8 and any(
             spec.max_drop_vs_bf16 is not None
             for key, spec in self.cell.gates.items()
             if key.startswith(f"{self.stage.value}.")
         )
-        if reference is None and needs_twin:
+        if reference is None and needs_twin and not judged:
             reference = self.bf16_reference()
         outcomes = evaluate(
             self.cell.id,
@@ -87,7 +92,9 @@ class StageContext:
             reference.metrics if reference else None,
             is_bf16=not self.cell.is_fp8,
             bf16_missing=reference.missing if reference else "",
+            drop_judged=bool(judged),
         )
+        outcomes = [*outcomes, *judged]
         self.recorder.gates.extend(outcomes)
         failed = [o.message for o in outcomes if o.failed]
         if failed:

@@ -20,28 +20,50 @@ from harness.stages.serving import failure
 
 
 def run(ctx: StageContext, server: ServerHandle) -> None:
-    """`vllm bench serve` at each concurrency against the cell's server, then the gates."""
-    cell, rec, backend = ctx.cell, ctx.recorder, ctx.backend
+    """`vllm bench serve` at each concurrency against the cell's server, then the gates.
+
+    With `repeats: N` each concurrency runs N times (repeat k > 0 writes under `repeat<k>/`)
+    and the figures are the median, with `_min`, `_max`, `_ci95_low/high` beside them."""
+    cell, rec = ctx.cell, ctx.recorder
     settings = cell.settings.throughput
     rec.update(server.facts)
     for concurrency in settings.concurrencies:
-        command = backend.bench_command(cell, server.base_url, concurrency, ctx.workdir)
-        log = ctx.workdir / f"bench_c{concurrency}.log"
-        rec.artifact(f"bench_log@c{concurrency}", log)
-        result_path = ctx.workdir / bench_result_name(concurrency)
-        try:
-            run_client(command, log, settings.timeout_s, server,
-                       label=f"throughput {cell.id} c={concurrency}")
-            data = load_result(result_path)
-            metrics = parse_result(data, concurrency, str(result_path))
-        except HarnessError as exc:
-            raise failure(cell, ctx.stage, exc) from None
-        rec.artifact(f"bench@c{concurrency}", result_path)
-        rec.update(metrics)
-        failed = metrics.get(f"failed@c{concurrency}", 0)
-        if failed:
-            raise failure(cell, ctx.stage, HarnessError(
-                f"{failed} of {metrics.get(f'num_prompts@c{concurrency}')} benchmark requests "
-                f"failed at concurrency {concurrency} (see {log})"
-            ))
+        runs = [
+            _one_run(ctx, server, concurrency, k, settings.repeats)
+            for k in range(settings.repeats)
+        ]
+        if len(runs) > 1:
+            from harness.stats.repeats import combine_repeats  # scipy: only when repeating
+
+            rec.update(combine_repeats(runs))
+            rec.metric(f"repeats@c{concurrency}", len(runs))
     ctx.check_gates()
+
+
+def _one_run(
+    ctx: StageContext, server: ServerHandle, concurrency: int, k: int, repeats: int
+) -> dict[str, float]:
+    """One benchmark run; its figures recorded at once (a later failure keeps them)."""
+    cell, rec = ctx.cell, ctx.recorder
+    workdir = ctx.workdir if k == 0 else ctx.workdir / f"repeat{k}"
+    tag = f"c{concurrency}" if repeats == 1 else f"c{concurrency}#{k}"
+    command = ctx.backend.bench_command(cell, server.base_url, concurrency, workdir)
+    log = workdir / f"bench_c{concurrency}.log"
+    rec.artifact(f"bench_log@{tag}", log)
+    result_path = workdir / bench_result_name(concurrency)
+    try:
+        run_client(command, log, cell.settings.throughput.timeout_s, server,
+                   label=f"throughput {cell.id} {tag}")
+        data = load_result(result_path)
+        metrics = parse_result(data, concurrency, str(result_path))
+    except HarnessError as exc:
+        raise failure(cell, ctx.stage, exc) from None
+    rec.artifact(f"bench@{tag}", result_path)
+    rec.update(metrics)
+    failed = metrics.get(f"failed@c{concurrency}", 0)
+    if failed:
+        raise failure(cell, ctx.stage, HarnessError(
+            f"{failed} of {metrics.get(f'num_prompts@c{concurrency}')} benchmark requests "
+            f"failed at concurrency {concurrency} (see {log})"
+        ))
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}

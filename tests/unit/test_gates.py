@@ -77,3 +77,15 @@ def test_override_merges_fields_into_the_base_gate():
 def test_a_gate_without_a_bound_is_rejected(fields):
     with pytest.raises(ValidationError):
         GateSpec(**fields)
+
+
+def test_a_lower_bound_gate_judges_the_recorded_interval_and_is_unknown_without_one():
+    gates = {"accuracy.em": GateSpec(min_lower_bound=0.7)}
+    (ok,) = evaluate("c", "accuracy", {"em": 0.8, "em_ci95_low": 0.71}, gates)
+    (bad,) = evaluate("c", "accuracy", {"em": 0.8, "em_ci95_low": 0.69}, gates)
+    (none,) = evaluate("c", "accuracy", {"em": 0.8}, gates)
+    assert ok.passed and bad.failed and none.unknown and not none.passed
+    assert "95% CI low 0.69" in bad.message and "em_ci95_low" in none.missing
+    per_c = evaluate("c", "throughput", {"tps@c4": 9.0, "tps_ci95_low@c4": 8.0},
+                     {"throughput.tps": GateSpec(min_lower_bound=8.5)})
+    assert [o.failed for o in per_c] == [True]
