@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Sequence
+from dataclasses import replace
 
 from harness.calibration.planner import calibrate_layout
 from harness.cell import Cell
@@ -35,17 +36,26 @@ TWIN_NOTE = (
 )
 
 
+# the calibration settings that change the measurement (not how a cell derives its set)
+_MEASURED = {
+    "dataset",
+    "samples",
+    "postprocess",
+    "scale_method",
+    "target_device",
+    "max_seq_len",
+    "output_dir",
+}
+
+
 def plain_key(cell: Cell) -> str:
     """A calibration key from the cell alone (model, device, the layout measured, settings).
 
     The session should pass the real key (calibration.service.plan(...).key.digest, which also
     fingerprints weights and dataset); this one groups the same cells for planning offline."""
     tp, ep = calibrate_layout(cell)
-    blob = json.dumps(
-        [cell.model.source, cell.device, tp, ep, cell.settings.calibration.model_dump(mode="json")],
-        sort_keys=True,
-        default=str,
-    )
+    measured = cell.settings.calibration.model_dump(mode="json", include=_MEASURED)
+    blob = json.dumps([cell.model.source, cell.device, tp, ep, measured], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -67,17 +77,21 @@ def build_plan(
     node_units = _node_phases(cells, chosen, nodes, cards_per_node)
     units += [u for group in node_units.values() for u in group]
     cal_of = _calibrations(cells, chosen, nodes, cards_per_node, calibration_key, calibrated)
-    for unit in dict.fromkeys(cal_of.values()):
-        after = node_units.get(unit.demand.nodes, []) or node_units.get(1, [])
-        units.append(_with_after(unit, {u.id for u in after}))
+    every_phase = tuple(u.id for u in units)
+    units += [replace(u, lands_on=every_phase) for u in dict.fromkeys(cal_of.values())]
     serving_ids = {c.id: _serving_id(c) for c in cells if _serving_stages(c, chosen, cal_of)}
     for cell in cells:
         its = _serving_stages(cell, chosen, cal_of)
         if not its:
             continue
-        demand = _demand(cell, max(cell.nodes, nodes_for(cell.world_size, cards_per_node)),
-                         cards_per_node, nodes, "serving")
-        after = {u.id for u in node_units.get(demand.nodes, [])}
+        demand = _demand(
+            cell,
+            max(cell.nodes, nodes_for(cell.world_size, cards_per_node)),
+            cards_per_node,
+            nodes,
+            "serving",
+        )
+        after: set[str] = set()
         if cell.id in cal_of:
             after.add(cal_of[cell.id].id)
         twin = bf16_twin_id(cell.id)
@@ -91,6 +105,7 @@ def build_plan(
                 stages=its,
                 demand=demand,
                 after=frozenset(after),
+                lands_on=tuple(u.id for u in node_units.get(demand.nodes, [])),
                 items=tuple((cell.id, s) for s in its),
             )
         )
@@ -191,9 +206,3 @@ def _calibrations(
         )
         out.update({c.id: unit for c in group})
     return out
-
-
-def _with_after(unit: WorkUnit, after: set[str]) -> WorkUnit:
-    from dataclasses import replace
-
-    return replace(unit, after=frozenset(after))

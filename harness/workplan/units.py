@@ -54,6 +54,9 @@ class WorkUnit:
     stages: tuple[Stage, ...]
     demand: Demand
     after: frozenset[str] = field(default_factory=frozenset)  # ids of units that finish first
+    # node phases that check the nodes it may run on: it lands only on nodes a passed one of
+    # them covers (which node set is the scheduler's choice, so this is "one of", not "all")
+    lands_on: tuple[str, ...] = ()
     # the (cell id, stage) suite items the unit runs; a node phase runs its stages once, for
     # its first cell, and the other cells on those nodes reference that record
     items: tuple[tuple[str, Stage], ...] = ()
@@ -76,7 +79,7 @@ class WorkPlan:
     def __post_init__(self) -> None:
         ids = {u.id for u in self.units}
         for u in self.units:
-            missing = u.after - ids
+            missing = (u.after | set(u.lands_on)) - ids
             if missing:
                 raise PlanError(f"unit {u.id} waits for {sorted(missing)}, not in the plan")
 
@@ -91,11 +94,12 @@ class WorkPlan:
         return [u for u in self.units if u.kind is kind and cell_id in u.cells]
 
     def topological(self) -> list[WorkUnit]:
-        """Units with every unit after the ones it waits for; a cycle is a PlanError."""
+        """Units with every unit after the ones it waits for or lands after; a cycle is a
+        PlanError."""
         done: dict[str, WorkUnit] = {}
         pending = list(self.units)
         while pending:
-            ready = [u for u in pending if u.after <= done.keys()]
+            ready = [u for u in pending if u.after | set(u.lands_on) <= done.keys()]
             if not ready:
                 raise PlanError(f"the plan has a cycle among {[u.id for u in pending]}")
             for u in ready:
