@@ -8,8 +8,9 @@ holding the bundle reads it, so the server the harness starts on that node sees 
 Ray has no CPU instance ids, so cpu leases take their cores from a small book under a file lock.
 
 A lease is released when its block ends however it ends (success, failure, timeout, Ctrl-C).
-Groups are named `harness-lease:<run>:<host>:<pid>:<unit>`: Ray removes a group when the driver
-that made it dies, and `remove_leftovers` removes any group whose holder on this host is gone.
+Groups are named `harness-lease:<run>:<host>:<pid>:<unit>`: Ray removes a (non-detached) group
+when the driver that made it dies; `remove_leftovers`, called at the start of a run, removes any
+group, detached or not, whose holder process on this host is gone.
 ray is imported only inside functions.
 """
 
@@ -98,7 +99,12 @@ class LeaseManager:
     """Leases for one run (`run_id`) on the connected Ray cluster."""
 
     def __init__(
-        self, run_id: str, resource: str, book: Path | None = None, timeout_s: float = 600.0
+        self,
+        run_id: str,
+        resource: str,
+        book: Path | None = None,
+        timeout_s: float = 600.0,
+        detached: bool = False,
     ) -> None:
         if resource not in ("HPU", "CPU"):
             raise ValueError(f"lease resource {resource!r}: HPU (gaudi) or CPU (cpu)")
@@ -106,6 +112,9 @@ class LeaseManager:
         self.resource = resource
         self.timeout_s = timeout_s
         self.book = book  # cpu: the core book's path (one per host); unused for HPU
+        # detached groups outlive their driver (a lease taken by a helper process for a
+        # worker): only remove_leftovers removes them when the holder dies
+        self.lifetime = "detached" if detached else None
         self.host = socket.gethostname()
 
     @contextlib.contextmanager
@@ -124,6 +133,7 @@ class LeaseManager:
             strategy=placement.strategy,
             name=name,
             bundle_label_selector=labels or None,
+            lifetime=self.lifetime,
         )
         try:
             try:

@@ -1,0 +1,162 @@
+"""Card leases on a real two-node Ray cluster on this host (ray.cluster_utils.Cluster, 2 nodes x
+8 fake HPU, 2 CPU each): disjoint cards, whole nodes for multi-node units, release when the
+holder raises or is interrupted, and removal of a SIGKILLed holder's group. One cluster for the
+module (~15 s to start).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import cluster
+from harness.workplan.leases import LeaseError
+from harness.workplan.leases import LeaseManager
+from harness.workplan.leases import alive_nodes
+from harness.workplan.units import Demand
+from harness.workplan.units import UnitKind
+from harness.workplan.units import WorkUnit
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[cluster.RayCluster]:
+    saved = os.environ.pop("RAY_ADDRESS", None)
+    started = cluster.RayCluster.start_local(2, {"CPU": 2, "HPU": 8})
+    try:
+        yield started
+    finally:
+        started.shutdown()
+        if saved is not None:
+            os.environ["RAY_ADDRESS"] = saved
+
+
+def unit(name: str, nodes: int, cards: int) -> WorkUnit:
+    return WorkUnit(name, UnitKind.SERVING, (name,), (), Demand(nodes, cards, nodes > 1))
+
+
+def group_state(name: str) -> str | None:
+    from ray.util.placement_group import placement_group_table
+
+    states = [v["state"] for v in placement_group_table().values() if v["name"] == name]
+    return states[-1] if states else None
+
+
+def wait_removed(name: str, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while group_state(name) not in (None, "REMOVED"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_concurrent_leases_get_disjoint_cards_on_the_pinned_node(
+    ray_cluster: cluster.RayCluster,
+) -> None:
+    mgr = LeaseManager("run-a", "HPU", timeout_s=20)
+    node0 = alive_nodes("HPU")[0]["NodeID"]
+    with mgr.lease(unit("u1", 1, 3), nodes=[0]) as a, mgr.lease(unit("u2", 1, 3), nodes=[0]) as b:
+        assert a.nodes[0].node_id == b.nodes[0].node_id == node0
+        assert len(a.nodes[0].devices) == len(b.nodes[0].devices) == 3
+        assert not set(a.nodes[0].devices) & set(b.nodes[0].devices)
+        assert a.env()["HABANA_VISIBLE_MODULES"] == ",".join(map(str, a.nodes[0].devices))
+        # the node has 2 cards left: a unit wanting 8 there is refused, naming the unit
+        quick = LeaseManager("run-a", "HPU", timeout_s=3)
+        with (
+            pytest.raises(LeaseError, match="unit u3: Ray did not place"),
+            quick.lease(unit("u3", 1, 8), nodes=[0]),
+        ):
+            pass
+        assert wait_removed(f"harness-lease:run-a:{mgr.host}:{os.getpid()}:u3")
+    assert wait_removed(a.name) and wait_removed(b.name)
+
+
+def test_multi_node_lease_takes_whole_nodes(ray_cluster: cluster.RayCluster) -> None:
+    mgr = LeaseManager("run-b", "HPU", timeout_s=20)
+    with mgr.lease(unit("wide", 2, 8)) as lease:
+        assert len({n.node_id for n in lease.nodes}) == 2
+        assert [n.devices for n in lease.nodes] == [tuple(range(8))] * 2
+        quick = LeaseManager("run-b", "HPU", timeout_s=3)
+        with pytest.raises(LeaseError, match="unit one-card"), quick.lease(unit("one-card", 1, 1)):
+            pass  # nothing left anywhere
+    assert wait_removed(lease.name)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_lease_is_released_when_its_holder_raises(
+    ray_cluster: cluster.RayCluster, error: type[BaseException]
+) -> None:
+    mgr = LeaseManager("run-c", "HPU", timeout_s=20)
+    names = []
+    with pytest.raises(error), mgr.lease(unit("raiser", 2, 8)) as lease:
+        names.append(lease.name)
+        raise error("stage failed")
+    assert wait_removed(names[0])
+    with mgr.lease(unit("after", 2, 8)) as again:  # the whole cluster is free again
+        assert len(again.nodes) == 2
+
+
+def test_cpu_leases_book_disjoint_cores(ray_cluster: cluster.RayCluster, tmp_path: Path) -> None:
+    mgr = LeaseManager("run-d", "CPU", book=tmp_path / "cores.json", timeout_s=20)
+    with mgr.lease(unit("c1", 1, 1), nodes=[1]) as a, mgr.lease(unit("c2", 1, 1), nodes=[1]) as b:
+        assert {a.nodes[0].devices, b.nodes[0].devices} == {(0,), (1,)}
+        assert {a.env()["VLLM_CPU_OMP_THREADS_BIND"], b.env()["VLLM_CPU_OMP_THREADS_BIND"]} == {
+            "0",
+            "1",
+        }
+    with mgr.lease(unit("c3", 1, 2), nodes=[1]) as c:  # their cores were returned
+        assert c.nodes[0].devices == (0, 1)
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time, ray
+    from harness.workplan.leases import LeaseManager
+    from harness.workplan.units import Demand, UnitKind, WorkUnit
+    ray.init(address=sys.argv[1], log_to_driver=False)
+    unit = WorkUnit("held", UnitKind.SERVING, ("held",), (), Demand(1, 8))
+    mgr = LeaseManager("run-e", "HPU", timeout_s=60, detached=sys.argv[2] == "detached")
+    with mgr.lease(unit, nodes=[1]) as lease:
+        print(lease.name, flush=True)
+        time.sleep(600)
+    """
+)
+
+
+@pytest.mark.parametrize("lifetime", ["driver", "detached"])
+def test_a_killed_holders_group_is_removed(ray_cluster: cluster.RayCluster, lifetime: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, ray_cluster.address, lifetime],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group: killed by its id only
+    )
+    try:
+        assert holder.stdout is not None
+        name = holder.stdout.readline().strip()
+        assert name.startswith("harness-lease:run-e:") and group_state(name) == "CREATED"
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    removed = LeaseManager("run-f", "HPU").remove_leftovers()
+    if lifetime == "detached":  # Ray keeps a detached group: the cleanup must remove it
+        assert removed == [name]
+    # a driver's group is removed by Ray when the driver dies, or by the cleanup if still there
+    print(f"{lifetime}: removed by the cleanup: {removed or 'nothing (Ray had removed it)'}")
+    assert wait_removed(name)
+    mgr = LeaseManager("run-f", "HPU", timeout_s=20)
+    with mgr.lease(unit("reuse", 1, 8), nodes=[1]) as lease:  # its cards are free again
+        assert lease.nodes[0].devices == tuple(range(8))
