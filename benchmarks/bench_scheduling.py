@@ -2,9 +2,11 @@
 
 Not a test: figures only, whatever they are. For each matrix and cluster it prints the
 makespan of the list schedule (harness.workplan.scheduler.simulate), the serial time (sum of
-unit times: one unit at a time), the lower bound max(longest dependency chain, card-time /
-cards), the ratio makespan / bound (goal <= 1.25) and the utilisation. A matrix whose cell
-cannot fit the cluster prints the plan error naming it, then the figures without that cell.
+unit times: one unit at a time), "today" (one cell after another, preflight and collectives
+repeated for every cell, each calibration once), the lower bound max(longest dependency
+chain, card-time / cards), the ratio makespan / bound (goal <= 1.25) and the utilisation. A
+matrix whose cell cannot fit the cluster prints the plan error naming it, then the figures
+without that cell.
 
 Cost model (seconds; Gaudi2, 8 cards per node; P = parameters in billions, MoE: active ones
 x 1.5 for the routing; r = ranks of the unit):
@@ -17,6 +19,8 @@ x 1.5 for the routing; r = ranks of the unit):
                    (gsm8k: 1319 problems, or accuracy.limit)
                  + throughput: per concurrency c, prompts (num_prompts or 4c) / c x
                    output_len x TPOT x (1 + c / 64)
+                 + an FP8 cell beside its BF16 twin: the time its accuracy gate waits for the
+                   twin's accuracy, taking both to start together (the plan lets them)
   TPOT           0.008 + 0.0016 x P / r  (fp8 x 0.7)
 
     .venv/bin/python benchmarks/bench_scheduling.py [--nodes 1 2 4]
@@ -31,6 +35,7 @@ import re
 from harness.calibration.planner import derivation
 from harness.cell import Cell
 from harness.cell import Stage
+from harness.cell import bf16_twin_id
 from harness.devices import device
 from harness.matrix import load_matrix
 from harness.workplan.figures import run_figures
@@ -62,6 +67,22 @@ def tpot(cell: Cell, ranks: int) -> float:
     return (0.008 + 0.0016 * params(cell)[1] / ranks) * (0.7 if cell.is_fp8 else 1.0)
 
 
+def until_accuracy_s(cell: Cell, stages: tuple[Stage, ...]) -> float:
+    """Server start, the cell's calibration stage and accuracy (the first part of its phase)."""
+    total, _ = params(cell)
+    t = 0.0
+    if Stage.SERVING in stages:
+        t += 300 + 2 * total
+    if Stage.CALIBRATION in stages:
+        t += 5 + (60 if derivation(cell) is not None else 0)
+    if Stage.ACCURACY in stages:
+        a = cell.settings.accuracy
+        problems = a.limit or GSM8K
+        toks = max(256, a.max_gen_toks / 4)
+        t += math.ceil(problems / a.batch_size) * toks * tpot(cell, cell.world_size)
+    return t
+
+
 class CostModel:
     """Unit durations from the model above (the cells are looked up by id)."""
 
@@ -80,16 +101,11 @@ class CostModel:
         return self.serving(first, unit)
 
     def serving(self, cell: Cell, unit: WorkUnit) -> float:
-        total, _ = params(cell)
-        r, t = cell.world_size, 0.0
-        if Stage.SERVING in unit.stages:
-            t += 300 + 2 * total
-        if Stage.CALIBRATION in unit.stages:
-            t += 5 + (60 if derivation(cell) is not None else 0)
-        if Stage.ACCURACY in unit.stages:
-            a = cell.settings.accuracy
-            problems = a.limit or GSM8K
-            t += math.ceil(problems / a.batch_size) * max(256, a.max_gen_toks / 4) * tpot(cell, r)
+        t = until_accuracy_s(cell, unit.stages)
+        twin = self.cells.get(bf16_twin_id(cell.id))
+        if cell.is_fp8 and twin is not None and Stage.ACCURACY in unit.stages:
+            t = max(t, until_accuracy_s(twin, twin.stages))
+        r = cell.world_size
         if Stage.THROUGHPUT in unit.stages:
             b = cell.settings.throughput
             for c in b.concurrencies:
@@ -111,12 +127,16 @@ def report(name: str, cells: list[Cell], nodes: int, dropped: list[str]) -> None
     records = simulate(plan, cost)
     figs = run_figures(records, nodes * cpn)
     chain, area = lower_bound(plan, cost)
+    today = sum(cost(u) for u in plan.units if u.kind is not UnitKind.NODE)
+    first_phase = {u.demand.nodes: u for u in reversed(plan.units) if u.kind is UnitKind.NODE}
+    today += sum(cost(first_phase[c.nodes]) for c in cells if c.nodes in first_phase)
     bound = max(chain, area)
     ratio = figs.makespan_s / bound if bound else 0.0
     print(
         f"{name:22s} {nodes} node(s) {len(cells):2d} cells {len(plan.units):2d} units | "
-        f"makespan {figs.makespan_s / 3600:6.2f} h  serial {figs.unit_seconds / 3600:6.2f} h  "
-        f"bound {bound / 3600:6.2f} h (chain {chain / 3600:.2f}, card-time/cards "
+        f"makespan {figs.makespan_s / 3600:5.2f} h  serial {figs.unit_seconds / 3600:5.2f} h  "
+        f"today {today / 3600:5.2f} h  "
+        f"bound {bound / 3600:5.2f} h (chain {chain / 3600:.2f}, card-time/cards "
         f"{area / 3600:.2f})  ratio {ratio:4.2f}{'' if ratio <= 1.25 else ' (> 1.25)'}  "
         f"util {100 * figs.utilisation:3.0f}%"
     )

@@ -30,10 +30,13 @@ from harness.workplan.units import WorkPlan
 from harness.workplan.units import WorkUnit
 
 KeyFunction = Callable[[Cell], str]
-TWIN_NOTE = (
-    "an FP8 cell's serving phase waits for its BF16 twin's serving phase: the FP8 accuracy "
-    "gate is judged against the twin's accuracy, read from the run's store"
-)
+TWIN_NOTES = {
+    "start": "an FP8 cell's serving phase starts once its BF16 twin's has started (so the twin "
+    "is sure to finish); its accuracy gate waits for the twin's accuracy in the run's store "
+    "(workplan.twins.wait_for_twin)",
+    "finish": "an FP8 cell's serving phase waits for its BF16 twin's serving phase to finish: "
+    "the FP8 accuracy gate is judged against the twin's accuracy, read from the run's store",
+}
 
 
 # the calibration settings that change the measurement (not how a cell derives its set)
@@ -66,10 +69,15 @@ def build_plan(
     stages: Collection[Stage] | None = None,
     calibration_key: KeyFunction = plain_key,
     calibrated: Collection[str] = (),
+    twin_order: str = "start",
 ) -> WorkPlan:
     """The units of `cells` (restricted to `stages`) on `nodes` nodes of `cards_per_node`.
 
-    `calibrated`: keys whose calibration is already cached: no calibration unit is planned."""
+    `calibrated`: keys whose calibration is already cached: no calibration unit is planned.
+    `twin_order`: "start" (an FP8 cell runs beside its BF16 twin, its gate waits for the
+    twin's record) or "finish" (it runs after the twin)."""
+    if twin_order not in TWIN_NOTES:
+        raise PlanError(f"twin_order {twin_order!r}: one of {', '.join(TWIN_NOTES)}")
     if nodes < 1 or cards_per_node < 1:
         raise PlanError(f"a cluster of {nodes} node(s) x {cards_per_node} card(s) has no cards")
     chosen = {c.id: _stages(c, stages) for c in cells}
@@ -92,11 +100,12 @@ def build_plan(
             "serving",
         )
         after: set[str] = set()
+        after_start: set[str] = set()
         if cell.id in cal_of:
             after.add(cal_of[cell.id].id)
         twin = bf16_twin_id(cell.id)
         if cell.is_fp8 and Stage.ACCURACY in its and twin in serving_ids:
-            after.add(serving_ids[twin])
+            (after_start if twin_order == "start" else after).add(serving_ids[twin])
         units.append(
             WorkUnit(
                 id=serving_ids[cell.id],
@@ -105,11 +114,12 @@ def build_plan(
                 stages=its,
                 demand=demand,
                 after=frozenset(after),
+                after_start=frozenset(after_start),
                 lands_on=tuple(u.id for u in node_units.get(demand.nodes, [])),
                 items=tuple((cell.id, s) for s in its),
             )
         )
-    return WorkPlan(tuple(units), nodes, cards_per_node, notes=(TWIN_NOTE,))
+    return WorkPlan(tuple(units), nodes, cards_per_node, notes=(TWIN_NOTES[twin_order],))
 
 
 def _stages(cell: Cell, selected: Collection[Stage] | None) -> tuple[Stage, ...]:

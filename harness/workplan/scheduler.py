@@ -69,6 +69,11 @@ class Scheduler:
         return dict(self._running)
 
     @property
+    def started(self) -> set[str]:
+        """Units that have started (running or settled): an `after_start` is then met."""
+        return self.done | self.failed | self._running.keys()
+
+    @property
     def finished(self) -> bool:
         settled = self.done | self.failed | self.blocked
         return len(settled) == len(self.plan.units)
@@ -81,6 +86,7 @@ class Scheduler:
             for u in self._order
             if u.id not in taken
             and u.after <= self.done
+            and u.after_start <= self.started
             and (not u.lands_on or any(p in self.done for p in u.lands_on))
         ]
 
@@ -198,12 +204,16 @@ PRIORITIES = ("wide", "chain")
 def _chain_lengths(plan: WorkPlan, estimate: Durations) -> dict[str, float]:
     """Each unit's own estimate plus the longest chain of units that wait for it."""
     after_me: dict[str, list[str]] = {u.id: [] for u in plan.units}
+    started_by_me: dict[str, list[str]] = {u.id: [] for u in plan.units}
     for u in plan.units:  # a "lands on one of" counts as a dependency: node phases of one
         for dep in u.after | set(u.lands_on):  # size take the same time, so the chain agrees
             after_me[dep].append(u.id)
+        for dep in u.after_start:  # may start with it: its chain, not after its duration
+            started_by_me[dep].append(u.id)
     length: dict[str, float] = {}
     for u in reversed(plan.topological()):
-        length[u.id] = estimate(u) + max((length[v] for v in after_me[u.id]), default=0.0)
+        own = estimate(u) + max((length[v] for v in after_me[u.id]), default=0.0)
+        length[u.id] = max([own, *(length[v] for v in started_by_me[u.id])])
     return length
 
 

@@ -57,9 +57,17 @@ class WorkUnit:
     # node phases that check the nodes it may run on: it lands only on nodes a passed one of
     # them covers (which node set is the scheduler's choice, so this is "one of", not "all")
     lands_on: tuple[str, ...] = ()
+    # units that must have started (not finished): an FP8 cell beside its BF16 twin, its
+    # accuracy gate waiting in the store for the twin's result (workplan/twins.py)
+    after_start: frozenset[str] = field(default_factory=frozenset)
     # the (cell id, stage) suite items the unit runs; a node phase runs its stages once, for
     # its first cell, and the other cells on those nodes reference that record
     items: tuple[tuple[str, Stage], ...] = ()
+
+    @property
+    def waits_for(self) -> frozenset[str]:
+        """Every unit that comes before it in any sense (finish, land on, start)."""
+        return self.after | self.after_start | frozenset(self.lands_on)
 
     def describe(self) -> str:
         d = self.demand
@@ -79,9 +87,20 @@ class WorkPlan:
     def __post_init__(self) -> None:
         ids = {u.id for u in self.units}
         for u in self.units:
-            missing = (u.after | set(u.lands_on)) - ids
+            missing = (u.after | u.after_start | set(u.lands_on)) - ids
             if missing:
                 raise PlanError(f"unit {u.id} waits for {sorted(missing)}, not in the plan")
+
+    def unit_for(self, cell_id: str, stage: Stage) -> WorkUnit | None:
+        """The unit that runs suite item (cell, stage), or for a node stage of a cell that only
+        references a node phase's record, the first node phase of its size that covers it."""
+        for u in self.units:
+            if (cell_id, stage) in u.items:
+                return u
+        for u in self.units:
+            if u.kind is UnitKind.NODE and cell_id in u.cells and stage in u.stages:
+                return u
+        return None
 
     def unit(self, unit_id: str) -> WorkUnit:
         for u in self.units:
@@ -99,7 +118,7 @@ class WorkPlan:
         done: dict[str, WorkUnit] = {}
         pending = list(self.units)
         while pending:
-            ready = [u for u in pending if u.after | set(u.lands_on) <= done.keys()]
+            ready = [u for u in pending if u.waits_for <= done.keys()]
             if not ready:
                 raise PlanError(f"the plan has a cycle among {[u.id for u in pending]}")
             for u in ready:

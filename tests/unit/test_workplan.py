@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import pytest
 
 from harness.cell import Stage
 from harness.matrix import load_matrix
+from harness.references import NoReferences
+from harness.references import RunReferences
+from harness.results import RunStore
+from harness.results import StageResult
 from harness.workplan.figures import UnitRecord
 from harness.workplan.figures import overlaps
 from harness.workplan.figures import run_figures
@@ -18,6 +23,7 @@ from harness.workplan.plan import build_plan
 from harness.workplan.plan import plain_key
 from harness.workplan.scheduler import Scheduler
 from harness.workplan.scheduler import simulate
+from harness.workplan.twins import wait_for_twin
 from harness.workplan.units import Demand
 from harness.workplan.units import PlanError
 from harness.workplan.units import UnitKind
@@ -33,6 +39,10 @@ CASES = [
     ("nightly-g3", 2),
     ("deepseek-r1-multinode", 4),
 ]
+
+
+def passed_result(cell_id: str) -> StageResult:
+    return StageResult(cell_id, "accuracy", "passed", metrics={"exact_match_strict": 0.5})
 
 
 def duration(unit: WorkUnit) -> float:
@@ -62,10 +72,15 @@ def test_plan_has_node_phases_one_calibration_per_key_and_a_serving_phase_per_ce
 def test_serving_waits_for_its_calibration_and_its_bf16_twin(g2: WorkPlan) -> None:
     fp8 = g2.unit(f"serving/{LLAMA8_FP8}")
     cal = g2.of_cell(LLAMA8_FP8, UnitKind.CALIBRATION)[0]
-    assert fp8.after == {cal.id, f"serving/{LLAMA8_BF16}"}
+    assert fp8.after == {cal.id}
+    # it may run beside its twin once the twin started; its gate waits for the twin's record
+    assert fp8.after_start == {f"serving/{LLAMA8_BF16}"}
     assert fp8.lands_on == ("node/g2/n1/0", "node/g2/n1/1")
     assert g2.unit(f"serving/{LLAMA8_BF16}").after == frozenset()
     assert any("BF16 twin" in note for note in g2.notes)
+    after = build_plan(load_matrix("nightly-g2").cells, 2, 8, twin_order="finish")
+    assert after.unit(fp8.id).after == {cal.id, f"serving/{LLAMA8_BF16}"}
+    assert not after.unit(fp8.id).after_start
 
 
 def test_stages_are_split_between_units(g2: WorkPlan) -> None:
@@ -141,8 +156,10 @@ def test_simulated_schedule_keeps_every_rule(matrix: str, nodes: int) -> None:
             assert len(held) == unit.demand.nodes
         else:
             assert len(held) == 1 and len(rec.cards) == unit.demand.cards
-        for dep in unit.after:  # calibrations (and BF16 twins) finish before dependants
+        for dep in unit.after:  # calibrations finish before dependants
             assert records[dep].end <= rec.start
+        for dep in unit.after_start:  # a BF16 twin starts no later than its FP8 cell
+            assert records[dep].start <= rec.start
         if unit.lands_on:  # on nodes a node phase checked before it started
             checked = {
                 n for p in unit.lands_on for n, _ in records[p].cards if records[p].end <= rec.start
@@ -154,6 +171,22 @@ def test_simulated_schedule_keeps_every_rule(matrix: str, nodes: int) -> None:
         for s in serving:
             same_node = {n for n, _ in p.cards} & {n for n, _ in s.cards}
             assert not same_node or p.end <= s.start or s.end <= p.start
+
+
+def test_smoke_cpu_on_one_two_core_host() -> None:
+    """The cpu backend's Ray node has 2 CPUs: the TP1 cells share it, the TP2/EP2 MoE takes
+    both, preflight and collectives run once for the host."""
+    plan = build_plan(load_matrix("smoke-cpu").cells, 1, 2)
+    nodes = [u for u in plan.units if u.kind is UnitKind.NODE]
+    assert [u.id for u in nodes] == ["node/cpu/n1/0"]
+    assert plan.unit_for("tiny-llama/cpu/tp1/fp8-kv-fp8", Stage.COLLECTIVES) == nodes[0]
+    moe = plan.unit("serving/tiny-moe/cpu/tp2-ep2/fp8-kv-fp8")
+    assert moe.demand == Demand(1, 2)
+    records = {r.unit: r for r in simulate(plan, duration)}
+    bf16 = records["serving/tiny-llama/cpu/tp1/bf16-kv-auto"]
+    fp8 = records["serving/tiny-llama/cpu/tp1/fp8-kv-fp8"]
+    assert {c for _, c in bf16.cards} | {c for _, c in fp8.cards} == {0, 1}
+    assert overlaps(list(records.values())) == []
 
 
 def test_a_failed_unit_blocks_its_dependants_and_frees_its_cards() -> None:
@@ -172,6 +205,27 @@ def test_a_failed_unit_blocks_its_dependants_and_frees_its_cards() -> None:
     sched.finish(cal.id, ok=False)
     assert f"serving/{LLAMA405}" in sched.blocked
     assert sched.start_next() is not None  # its cards are free again
+
+
+def test_wait_for_twin_polls_the_store(tmp_path: Path) -> None:
+    cell = next(
+        c for c in load_matrix("smoke-cpu").cells if c.id == "tiny-llama/cpu/tp1/fp8-kv-fp8"
+    )
+    twin = "tiny-llama/cpu/tp1/bf16-kv-auto"
+    store = RunStore(tmp_path, "run")
+    store.open({})
+    refs = RunReferences(store, {cell.id, twin}, {cell.id, twin})
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the twin records its accuracy on the second poll
+        polls.append(seconds)
+        if len(polls) == 2:
+            store.append(passed_result(twin))
+
+    ref = wait_for_twin(refs, store, cell, "accuracy", timeout_s=60, poll_s=1, sleep=sleep)
+    assert ref.metrics == {"exact_match_strict": 0.5} and len(polls) == 2
+    missing = wait_for_twin(NoReferences(), store, cell, "accuracy", timeout_s=0.0, sleep=sleep)
+    assert missing.metrics is None
 
 
 def test_run_figures() -> None:
