@@ -18,6 +18,11 @@ from pathlib import Path
 import pytest
 
 from harness import cluster
+from harness.cluster_layout import ClusterError
+from harness.cluster_layout import Placement
+from harness.collectives.launch import run_on_nodes
+from harness.process import Command
+from harness.workplan.leased_cluster import LeasedCluster
 from harness.workplan.leases import LeaseError
 from harness.workplan.leases import LeaseManager
 from harness.workplan.leases import alive_nodes
@@ -160,3 +165,24 @@ def test_a_killed_holders_group_is_removed(ray_cluster: cluster.RayCluster, life
     mgr = LeaseManager("run-f", "HPU", timeout_s=20)
     with mgr.lease(unit("reuse", 1, 8), nodes=[1]) as lease:  # its cards are free again
         assert lease.nodes[0].devices == tuple(range(8))
+
+
+def test_a_stage_reserving_inside_a_lease_gets_the_leases_bundles(
+    ray_cluster: cluster.RayCluster, tmp_path: Path
+) -> None:
+    """The collectives runner's own `reserve` runs in the node phase's lease, once per card."""
+    mgr = LeaseManager("run-g", "HPU", timeout_s=20)
+    with mgr.lease(unit("node/g2/n2/0-1", 2, 8)) as lease:
+        view = LeasedCluster(ray_cluster, lease)
+        commands = [Command(("sh", "-c", "echo $HABANA_VISIBLE_MODULES"), node=i) for i in range(2)]
+        outputs = run_on_nodes(commands, view, Placement("HPU", 8, 2), tmp_path, {}, 60)
+        assert [o.returncode for o in outputs] == [0, 0]
+        logs = [o.log_path.read_text(encoding="utf-8") for o in outputs]
+        assert all("0,1,2,3,4,5,6,7" in log for log in logs)
+        too_wide = Placement("HPU", 8, 3)
+        with (
+            pytest.raises(ClusterError, match="unit node/g2/n2/0-1 holds 2 node"),
+            view.reserve(too_wide),
+        ):
+            pass
+    assert wait_removed(lease.name)
