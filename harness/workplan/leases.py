@@ -156,6 +156,17 @@ class LeaseManager:
             if self.resource == "CPU":
                 self._unbook(name)
 
+    def hand_over(self, lease: Lease) -> None:
+        """Give the lease's cards to a server that places its own Ray workers (vLLM's Ray
+        executor makes its own placement group for a multi-node cell and cannot use ours).
+
+        The scheduler still counts the cards held until the unit ends, and every harness lease
+        is pinned to the scheduler's nodes, so no other unit is placed on them meanwhile; the
+        server's group dies with the server's process group."""
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(lease.group)
+
     def _labels(self, unit: WorkUnit, nodes: Sequence[int]) -> list[dict[str, str]]:
         if not nodes:
             return []

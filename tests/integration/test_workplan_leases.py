@@ -186,3 +186,23 @@ def test_a_stage_reserving_inside_a_lease_gets_the_leases_bundles(
         ):
             pass
     assert wait_removed(lease.name)
+
+
+def test_a_lease_hands_its_cards_to_a_server_that_places_its_own_workers(
+    ray_cluster: cluster.RayCluster,
+) -> None:
+    """vLLM's Ray executor makes its own placement group for a multi-node cell."""
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.placement_group import remove_placement_group
+
+    mgr = LeaseManager("run-h", "HPU", timeout_s=20)
+    with mgr.lease(unit("serving/wide", 2, 8)) as lease:
+        mgr.hand_over(lease)
+        assert wait_removed(lease.name)
+        server_group = placement_group([{"HPU": 1}] * 16, strategy="PACK")
+        try:
+            assert ray.get(server_group.ready(), timeout=20) is not None
+        finally:
+            remove_placement_group(server_group)
+    assert group_state(lease.name) == "REMOVED"  # and leaving the block did not fail
