@@ -13,6 +13,10 @@ from harness.references import NoReferences
 from harness.references import RunReferences
 from harness.results import RunStore
 from harness.results import StageResult
+from harness.workplan.dispatch import Dispatcher
+from harness.workplan.dispatch import read_assignment
+from harness.workplan.dispatch import suite_item
+from harness.workplan.dispatch import write_assignment
 from harness.workplan.figures import UnitRecord
 from harness.workplan.figures import overlaps
 from harness.workplan.figures import run_figures
@@ -249,3 +253,38 @@ def test_lease_env_and_group_names() -> None:
     name = GroupName("run1", "host", 42, "serving/m/g2/tp1/bf16-kv-auto")
     assert GroupName.parse(name.render()) == name
     assert GroupName.parse("someone-else:x") is None
+
+
+def test_dispatcher_hands_out_units_with_their_items(tmp_path: Path) -> None:
+    cells = load_matrix("smoke-cpu").cells
+    plan = build_plan(cells, 1, 2)
+    collection = ["tests/test_other.py::test_plain"] + [
+        f"suites/test_{s.value}.py::test_{s.value}[{c.id}]" for c in cells for s in c.stages
+    ]
+    dispatcher = Dispatcher(plan, collection, duration, clock=lambda: 0.0)
+    first = dispatcher.next_unit()
+    assert first == (None, [0])  # the test without a cell goes first, alone
+    sent: list[int] = [0]
+    done_units: list[str] = []
+    while not dispatcher.finished:
+        running = []
+        while (batch := dispatcher.next_unit()) is not None:
+            found, indices = batch
+            assert found is not None
+            write_assignment(tmp_path, found)
+            assert read_assignment(tmp_path, found.unit.id) == found.nodes
+            running.append(indices)
+            sent += indices
+        assert running, "a unit must be able to start when nothing runs"
+        for indices in running:
+            ends = [dispatcher.complete(i) for i in indices]
+            assert ends[:-1] == [None] * (len(ends) - 1) and ends[-1] is not None
+            done_units.append(ends[-1])
+    assert sorted(sent) == list(range(len(collection)))  # every item once
+    assert done_units[0] == "node/cpu/n1/0"
+    # the first cell's preflight runs in the node phase, the others' reference it in their
+    # serving phase
+    node_items = [collection[i] for i in dispatcher.items["node/cpu/n1/0"]]
+    assert len(node_items) == 2 and all(cells[0].id in n for n in node_items)
+    assert suite_item(collection[1]) == (cells[0].id, Stage.PREFLIGHT)
+    assert read_assignment(tmp_path, "no/such/unit") == ()
