@@ -23,6 +23,7 @@ from harness.workplan.scheduler import Assignment
 from harness.workplan.scheduler import Durations
 from harness.workplan.scheduler import Scheduler
 from harness.workplan.units import NODE_STAGES
+from harness.workplan.units import PlanError
 from harness.workplan.units import UnitKind
 from harness.workplan.units import WorkPlan
 
@@ -88,6 +89,17 @@ class Dispatcher:
     @property
     def finished(self) -> bool:
         return not self.loose and self.scheduler.finished
+
+    def check_progress(self) -> None:
+        """Call after `next_unit()` gave None: raise when nothing runs either (the run would
+        wait forever), naming the waiting units."""
+        waiting = self.scheduler.stuck()
+        if waiting:
+            raise PlanError(
+                f"no unit can start and none is running; waiting: {', '.join(waiting[:5])}"
+                + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+                + "; check the node phases' results (a failed one keeps its nodes unused)"
+            )
 
 
 def _unit_of(plan: WorkPlan, item: tuple[str, Stage] | None) -> str | None:

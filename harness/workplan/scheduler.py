@@ -123,10 +123,25 @@ class Scheduler:
             more = {
                 u.id
                 for u in self.plan.units
-                if u.id not in lost and (u.after & lost or (u.lands_on and set(u.lands_on) <= lost))
+                if u.id not in lost and (u.after & lost or not self._can_land(u, lost))
             }
             grew = bool(more)
             self.blocked |= more
+
+    def stuck(self) -> list[str]:
+        """Units waiting while nothing runs and nothing can start (a deadlock to report)."""
+        if self._running or self.finished:
+            return []
+        return sorted(u.id for u in self.plan.units if u.id not in self.started | self.blocked)
+
+    def _can_land(self, unit: WorkUnit, lost: set[str]) -> bool:
+        """Whether the node phases not lost can still check a node set the unit fits."""
+        if not unit.lands_on:
+            return True
+        left = {n for p in unit.lands_on if p not in lost for n in self.plan.unit(p).demand.pinned}
+        if not unit.demand.whole_nodes:
+            return bool(left)
+        return any(set(nodes) <= left for nodes in self._sets(unit))
 
     def checked(self, unit: WorkUnit) -> set[int]:
         """Nodes the unit may land on: those a passed node phase of its `lands_on` covers."""

@@ -288,3 +288,39 @@ def test_dispatcher_hands_out_units_with_their_items(tmp_path: Path) -> None:
     assert len(node_items) == 2 and all(cells[0].id in n for n in node_items)
     assert suite_item(collection[1]) == (cells[0].id, Stage.PREFLIGHT)
     assert read_assignment(tmp_path, "no/such/unit") == ()
+
+
+def test_a_failed_node_phase_blocks_what_can_no_longer_land_and_nothing_hangs() -> None:
+    plan = build_plan(load_matrix("nightly-g2").cells, 2, 8)
+    sched = Scheduler(plan, duration)
+    while sched.start_next() is not None:
+        pass
+    sched.finish("node/g2/n1/0", ok=False)
+    sched.finish("node/g2/n1/1")
+    cal405 = plan.of_cell(LLAMA405, UnitKind.CALIBRATION)[0].id
+    # 405B's calibration needs both nodes checked: it (and its serving phase) are blocked,
+    # the one-node units still land on node 1
+    assert {cal405, f"serving/{LLAMA405}"} <= sched.blocked
+    records = []
+    while not sched.finished:
+        found = sched.start_next()
+        assert found is not None and found.nodes == (1,)
+        records.append(found.unit.id)
+        sched.finish(found.unit.id)
+    assert f"serving/{LLAMA8_FP8}" in records and sched.stuck() == []
+
+
+def test_dispatcher_names_the_units_it_waits_for_when_stuck() -> None:
+    unit = WorkUnit(
+        "serving/x",
+        UnitKind.SERVING,
+        ("x",),
+        (Stage.SERVING,),
+        Demand(1, 9),
+        items=(("x", Stage.SERVING),),
+    )
+    plan = WorkPlan((unit,), 1, 8)  # a unit wider than its node: no plan builds this
+    dispatcher = Dispatcher(plan, ["suites/test_serving.py::test_serving[x]"], duration)
+    assert dispatcher.next_unit() is None
+    with pytest.raises(PlanError, match="no unit can start.*serving/x"):
+        dispatcher.check_progress()
