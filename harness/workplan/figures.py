@@ -6,8 +6,10 @@ the benchmark from a simulated one alike.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,24 @@ class UnitRecord:
     @property
     def seconds(self) -> float:
         return self.end - self.start
+
+    def as_dict(self) -> dict[str, Any]:
+        """A `kind: unit` line for results.jsonl (the report reads the figures back from it)."""
+        return {
+            "kind": "unit",
+            "unit": self.unit,
+            "unit_kind": self.kind,
+            "start": self.start,
+            "end": self.end,
+            "cards": [list(c) for c in self.cards],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UnitRecord:
+        cards = tuple((n, int(c)) for n, c in data.get("cards", []))
+        return cls(
+            data["unit"], float(data["start"]), float(data["end"]), cards, data.get("unit_kind", "")
+        )
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,12 @@ module (~15 s to start).
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +23,18 @@ from harness import cluster
 from harness.cluster_layout import ClusterError
 from harness.cluster_layout import Placement
 from harness.collectives.launch import run_on_nodes
+from harness.matrix import load_matrix
 from harness.process import Command
+from harness.workplan.figures import UnitRecord
+from harness.workplan.figures import overlaps
+from harness.workplan.figures import run_figures
 from harness.workplan.leased_cluster import LeasedCluster
 from harness.workplan.leases import LeaseError
 from harness.workplan.leases import LeaseManager
 from harness.workplan.leases import alive_nodes
+from harness.workplan.plan import build_plan
+from harness.workplan.scheduler import Assignment
+from harness.workplan.scheduler import Scheduler
 from harness.workplan.units import Demand
 from harness.workplan.units import UnitKind
 from harness.workplan.units import WorkUnit
@@ -206,3 +215,58 @@ def test_a_lease_hands_its_cards_to_a_server_that_places_its_own_workers(
         finally:
             remove_placement_group(server_group)
     assert group_state(lease.name) == "REMOVED"  # and leaving the block did not fail
+
+
+def test_the_schedule_run_on_ray_holds_disjoint_real_cards(ray_cluster: cluster.RayCluster) -> None:
+    """nightly-g2's plan driven by the Scheduler, each unit holding a real lease on its
+    scheduled nodes for a short while: the cards Ray gave never overlap in time, multi-node
+    units and node phases get whole nodes, calibrations end before their dependants start,
+    node phases never overlap a serving phase on the same node."""
+    plan = build_plan(load_matrix("nightly-g2").cells, 2, 8)
+    sched = Scheduler(plan, lambda u: 0.2 + 0.1 * len(u.stages))
+    mgr = LeaseManager("run-i", "HPU", timeout_s=30)
+    ids = [n["NodeID"] for n in alive_nodes("HPU")]
+    done: queue.Queue[tuple[str, UnitRecord | BaseException]] = queue.Queue()
+
+    def hold(found: Assignment) -> None:
+        try:
+            with mgr.lease(found.unit, nodes=found.nodes) as lease:
+                start = time.monotonic()
+                time.sleep(sched.estimate(found.unit))
+                cards = tuple((ids.index(n.node_id), d) for n in lease.nodes for d in n.devices)
+                record = UnitRecord(found.unit.id, start, time.monotonic(), cards)
+            done.put((found.unit.id, record))
+        except BaseException as exc:  # reported to the test thread
+            done.put((found.unit.id, exc))
+
+    records: dict[str, UnitRecord] = {}
+    threads = []
+    while not sched.finished:
+        while (found := sched.start_next(time.monotonic())) is not None:
+            threads.append(threading.Thread(target=hold, args=(found,), daemon=True))
+            threads[-1].start()
+        unit_id, outcome = done.get(timeout=120)
+        assert isinstance(outcome, UnitRecord), outcome
+        records[unit_id] = outcome
+        sched.finish(unit_id)
+    for t in threads:
+        t.join(timeout=30)
+    assert set(records) == {u.id for u in plan.units}
+    assert overlaps(list(records.values())) == []
+    for unit in plan.units:
+        rec = records[unit.id]
+        if unit.demand.whole_nodes:
+            assert len(rec.cards) == 8 * unit.demand.nodes
+        for dep in unit.after:
+            assert records[dep].end <= rec.start
+    for phase in (records[u.id] for u in plan.units if u.kind is UnitKind.NODE):
+        for u in plan.units:
+            if u.kind is UnitKind.SERVING:
+                s = records[u.id]
+                shared = {n for n, _ in phase.cards} & {n for n, _ in s.cards}
+                assert not shared or phase.end <= s.start or s.end <= phase.start
+    figs = run_figures(list(records.values()), 16)
+    print(
+        f"on Ray: {len(records)} units, makespan {figs.makespan_s:.1f} s, sum of unit times "
+        f"{figs.unit_seconds:.1f} s, utilisation {100 * figs.utilisation:.0f}%"
+    )

@@ -242,6 +242,7 @@ def test_run_figures() -> None:
     assert figs.utilisation == pytest.approx(35.0 / 80.0)
     assert run_figures([], 8).utilisation == 0.0
     assert overlaps([*records, UnitRecord("c", 9.0, 11.0, ((0, 1),))]) == [("a", "c", (0, 1))]
+    assert [UnitRecord.from_dict(r.as_dict()) for r in records] == records
 
 
 def test_lease_env_and_group_names() -> None:
