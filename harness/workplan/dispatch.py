@@ -1,0 +1,136 @@
+"""The policy an xdist controller follows: suite items grouped into units, handed out as the
+scheduler allows, with each unit's node choice written where its worker reads it.
+
+pytest-xdist gives the workers; the controller's scheduling object (xdist_scheduling.py) keeps
+one Dispatcher: when a worker is idle it asks `next_unit()` and sends that unit's items to it
+(one unit per worker at a time, so its stages share one server and one lease); on each
+`mark_test_complete` it calls `complete(index)`, which finishes the unit after its last item.
+The worker reads its unit's nodes with `read_assignment` and leases them (leases.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness import fileio
+from harness.cell import Stage
+from harness.workplan.scheduler import Assignment
+from harness.workplan.scheduler import Durations
+from harness.workplan.scheduler import Scheduler
+from harness.workplan.units import NODE_STAGES
+from harness.workplan.units import PlanError
+from harness.workplan.units import UnitKind
+from harness.workplan.units import WorkPlan
+
+ItemKey = Callable[[str], tuple[str, Stage] | None]
+_SUITE = re.compile(r"test_(\w+)\.py::test_\w+\[(.+)\]$")
+
+
+def suite_item(nodeid: str) -> tuple[str, Stage] | None:
+    """`suites/test_accuracy.py::test_accuracy[m/cpu/tp1/bf16-kv-auto]` -> (cell id, stage)."""
+    found = _SUITE.search(nodeid)
+    if found is None or found.group(1) not in {s.value for s in Stage}:
+        return None
+    return found.group(2), Stage(found.group(1))
+
+
+class Dispatcher:
+    """Which items a worker runs next; items of no unit (tests without a cell) go first."""
+
+    def __init__(
+        self,
+        plan: WorkPlan,
+        collection: Sequence[str],
+        estimate: Durations | None = None,
+        key: ItemKey = suite_item,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.scheduler = Scheduler(plan, estimate)
+        self.clock = clock
+        self.items: dict[str, list[int]] = {u.id: [] for u in plan.units}
+        self.loose: list[int] = []
+        for index, nodeid in enumerate(collection):
+            unit_id = _unit_of(plan, key(nodeid))
+            (self.items[unit_id] if unit_id else self.loose).append(index)
+        self._left: dict[str, set[int]] = {}
+        self._unit_of_index = {i: u for u, idx in self.items.items() for i in idx}
+
+    def next_unit(self) -> tuple[Assignment | None, list[int]] | None:
+        """The next batch for an idle worker: loose items first, then a unit that may start
+        now (with its items in run order); None when nothing can start until a unit ends."""
+        if self.loose:
+            batch, self.loose = self.loose, []
+            return None, batch
+        while (found := self.scheduler.start_next(self.clock())) is not None:
+            indices = self.items[found.unit.id]
+            if indices:
+                self._left[found.unit.id] = set(indices)
+                return found, sorted(indices)
+            self.scheduler.finish(found.unit.id)  # no selected item runs in it
+        return None
+
+    def complete(self, index: int) -> str | None:
+        """Item `index` ran; the unit's id when it was the unit's last (its cards are free)."""
+        unit_id = self._unit_of_index.get(index)
+        if unit_id is None or unit_id not in self._left:
+            return None
+        self._left[unit_id].discard(index)
+        if self._left[unit_id]:
+            return None
+        del self._left[unit_id]
+        self.scheduler.finish(unit_id)
+        return unit_id
+
+    @property
+    def finished(self) -> bool:
+        return not self.loose and self.scheduler.finished
+
+    def check_progress(self) -> None:
+        """Call after `next_unit()` gave None: raise when nothing runs either (the run would
+        wait forever), naming the waiting units."""
+        waiting = self.scheduler.stuck()
+        if waiting:
+            raise PlanError(
+                f"no unit can start and none is running; waiting: {', '.join(waiting[:5])}"
+                + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+                + "; check the node phases' results (a failed one keeps its nodes unused)"
+            )
+
+
+def _unit_of(plan: WorkPlan, item: tuple[str, Stage] | None) -> str | None:
+    """The unit an item runs in. A node stage of a cell that only references a node phase's
+    record runs first in the cell's own serving (or calibration) phase, after that phase."""
+    if item is None:
+        return None
+    cell_id, stage = item
+    unit = plan.unit_for(cell_id, stage)
+    if unit is None or stage not in NODE_STAGES or (cell_id, stage) in unit.items:
+        return unit.id if unit else None
+    own = plan.of_cell(cell_id, UnitKind.SERVING) or plan.of_cell(cell_id, UnitKind.CALIBRATION)
+    return own[0].id if own else unit.id
+
+
+def assignment_path(run_dir: Path, unit_id: str) -> Path:
+    return run_dir / "units" / (unit_id.replace("/", "~") + ".json")
+
+
+def write_assignment(run_dir: Path, found: Assignment) -> Path:
+    """Where the controller puts a unit's nodes before sending its items."""
+    path = assignment_path(run_dir, found.unit.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fileio.write_json(path, {"unit": found.unit.id, "nodes": list(found.nodes)})
+    return path
+
+
+def read_assignment(run_dir: Path, unit_id: str) -> tuple[int, ...]:
+    """The nodes the controller chose for `unit_id` (empty: let Ray choose)."""
+    try:
+        data = json.loads(assignment_path(run_dir, unit_id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ()
+    return tuple(int(n) for n in data.get("nodes", []))
