@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from enum import StrEnum
 
 from pydantic import BaseModel
@@ -83,6 +84,8 @@ class GateOutcome:
     message: str
     status: GateStatus | None = None  # derived from `passed` unless UNKNOWN is given
     missing: str = ""  # UNKNOWN: which reference was missing and how to provide one
+    reference: str = ""  # what the gate was judged against (e.g. "BF16 cell X of this run")
+    details: Mapping[str, float | int | str] = field(default_factory=dict)  # figures it used
 
     def __post_init__(self) -> None:
         if self.status is None:
@@ -110,6 +113,9 @@ class GateOutcome:
         }
         if self.missing:
             out["missing"] = self.missing
+        if self.reference:
+            out["reference"] = self.reference
+        out.update(self.details)
         return out
 
 

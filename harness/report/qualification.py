@@ -194,9 +194,11 @@ def _gate_lines(run: Run) -> list[str]:
                 result = "n/a (the baseline)" if "/bf16-" in r.cell else "n/a (no BF16 cell ran)"
             else:
                 result = "pass" if g.get("passed") else "**FAIL**"
+            bound = str(g.get("bound"))
+            if g.get("reference"):
+                bound += f" (vs {g['reference']})"
             lines.append(
-                f"| {r.cell} | {g.get('metric')} | {_fmt(g.get('value'))} | "
-                f"{g.get('bound')} | {result} |"
+                f"| {r.cell} | {g.get('metric')} | {_fmt(g.get('value'))} | {bound} | {result} |"
             )
     return lines if len(lines) > 2 else ["No gate was evaluated in this run."]
 

@@ -74,6 +74,8 @@ class Verdict:
             self.metric, self.value, self.passed, self.bound, self.message,
             status=GateStatus(self.status),
             missing=self.message if self.status == "unknown" else "",
+            reference=self.reference,
+            details=dict(self.details),
         )
 
 

@@ -152,3 +152,19 @@ def test_the_report_names_the_serving_stack_of_each_cell_that_has_one():
     text = q.render(_run(results))
     assert f"- {serving.cell}: vllm-fork" in text
     assert "Serving stack per cell" not in q.render(_run(_passing()))
+
+
+def test_a_gate_row_says_what_it_was_judged_against_and_an_unknown_one_what_is_missing():
+    results = _passing()
+    results[3].gates = [
+        {"metric": "accuracy.exact_match_strict", "value": 0.79, "passed": True,
+         "status": "passed", "bound": "drop <= 0.1 or not significant (alpha 0.05)",
+         "reference": "BF16 cell m/cpu/tp1/bf16-kv-auto of this run", "p_value": 0.5},
+        {"metric": "accuracy.exact_match_flexible", "value": 0.79, "passed": False,
+         "status": "unknown", "bound": "vs bf16", "missing": "no BF16 twin in the matrix"},
+    ]
+    run = _run(results)
+    text = q.render(run)
+    assert "(vs BF16 cell m/cpu/tp1/bf16-kv-auto of this run) | pass |" in text
+    assert "| **UNKNOWN**: no BF16 twin in the matrix |" in text
+    assert q.verdict(run)[0] == "INCOMPLETE" and "could not be evaluated" in q.verdict(run)[1]
