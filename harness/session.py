@@ -59,6 +59,7 @@ from harness.stages.base import StageContext
 if TYPE_CHECKING:  # the history package (SQLAlchemy) loads only when a run uses it
     from harness.history.context import RunContext
     from harness.history.writer import HistoryWriter
+    from harness.report.against_history import AgainstHistory
 
 STAGE_MARKERS = {s.value: s for s in Stage}
 PLUGIN_NAME = "harness-session"
@@ -400,14 +401,35 @@ class HarnessSession:
             if self.is_worker or self.options.plan:
                 return
             ending = self._record_end(int(session.exitstatus))
+            against = self._against_history()
             self.regressions = finish_run(
-                self.store, self.matrix.name, self.baseline, self.options.compare_fail, ending
+                self.store, self.matrix.name, self.baseline, self.options.compare_fail, ending,
+                against.lines if against else (),
             )
+            self.regressions += against.failing if against else []
             unwritten = self.history.close(self.store.dir) if self.history is not None else None
             if unwritten:
                 print(f"harness: {unwritten}", file=sys.stderr)
         if self.regressions and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _against_history(self) -> AgainstHistory | None:
+        """This run's gated figures against their history's noise, with the change points."""
+        reader = self.history.reader() if self.history is not None else None
+        if reader is None or self.like is None or not self.store.path.is_file():
+            return None
+        from harness.history.url import HistoryError
+        from harness.report.against_history import against_history
+
+        gated = {key for cell in self.matrix.cells for key in cell.gates}
+        try:
+            return against_history(
+                reader, self.like, stage_results(self.store.path), gated,
+                self.options.compare_fail,
+            )
+        except HistoryError as exc:
+            print(f"harness: history not consulted at the run's end ({exc})", file=sys.stderr)
+            return None
 
     def _record_end(self, exit_status: int) -> str:
         """Append the run's end record (completed / interrupted, stages never run); return the
@@ -435,3 +457,7 @@ class HarnessSession:
             for line in self.regressions or ["none"]:
                 terminalreporter.write_line(line)
             terminalreporter.write_line(f"comparison: {self.store.dir / 'compare.md'}")
+        elif self.regressions:  # against the history's noise (a --compare-fail names them)
+            terminalreporter.section("regressions vs history", red=True)
+            for line in self.regressions:
+                terminalreporter.write_line(line)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -360,9 +361,15 @@ def plot_trend(run: Run, history: list[Run], path: Path) -> bool:
     return True
 
 
-def write_report(run: Run, history: list[Run], directory: Path) -> Path:
-    """report.md (and trend.png) in the run's directory, each written atomically."""
+def write_report(
+    run: Run, history: list[Run], directory: Path, against: Sequence[str] = ()
+) -> Path:
+    """report.md (and trend.png) in the run's directory, each written atomically; `against`:
+    the section on this run against the history database (harness/report/against_history.py)."""
     plotted = bool(history) and plot_trend(run, history, directory / TREND_PNG)
     path = directory / "report.md"
-    write_atomic(path, render(run, history, plotted))
+    text = render(run, history, plotted)
+    if against:
+        text += "\n## Against history\n\n" + "\n".join(against) + "\n"
+    write_atomic(path, text)
     return path

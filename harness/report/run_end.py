@@ -45,7 +45,9 @@ def load_baseline(results_dir: Path, which: str | None) -> Baseline | None:
     return Baseline(run_id, store.load(run_id))
 
 
-def write_qualification(results_dir: Path, run_id: str, directory: Path) -> None:
+def write_qualification(
+    results_dir: Path, run_id: str, directory: Path, against: Sequence[str] = ()
+) -> None:
     """report.md (+ trend.png) for sign-off; a broken plot must not cost the run's end."""
     from harness.report import qualification
 
@@ -53,7 +55,7 @@ def write_qualification(results_dir: Path, run_id: str, directory: Path) -> None
     try:
         run = qualification.load_run(store, run_id)
         history = qualification.earlier_runs(store, run)
-        qualification.write_report(run, history, directory)
+        qualification.write_report(run, history, directory, against)
         from harness.report.html import write_html
 
         write_html(run, history, directory)
@@ -71,6 +73,7 @@ def finish_run(
     baseline: Baseline | None,
     checks: Sequence[RegressionCheck],
     ending: str = "",
+    against: Sequence[str] = (),
 ) -> list[str]:
     """Write the run's end files; return the regressions against the baseline, one line each.
 
@@ -83,7 +86,7 @@ def finish_run(
         title, _, rest = summary.partition("\n")
         summary = f"{title}\n\n**{ending}**\n{rest}"
     write_atomic(store.dir / "summary.md", summary)
-    write_qualification(store.root, store.run_id, store.dir)
+    write_qualification(store.root, store.run_id, store.dir, against)
     if baseline is None:
         return []
     deltas = compare(baseline.results, results, checks)
