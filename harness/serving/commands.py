@@ -139,6 +139,11 @@ def bench_command(
         "--result-dir", str(result_dir),
         "--result-filename", bench_result_name(concurrency),
     ]
+    if prefix is None:
+        # per-request TTFT/ITL/latency in the result (the report's distributions); vLLM 0.32
+        # vllm/benchmarks/serve.py:1749 drops them without it. The fork's benchmark_serving.py
+        # (deepseek_r1 @016b6bd, line 737) always keeps them and has no such flag.
+        argv.append("--save-detailed")
     return Command(
         tuple(argv),
         dict(env),

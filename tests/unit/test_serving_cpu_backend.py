@@ -163,3 +163,20 @@ def test_an_emulation_asked_for_says_so_rather_than_blaming_the_cpu(cells):
     assert _backend().serving_facts(forced)["kv_cache"].endswith(
         "(QDQ into a BF16 cache: backend_options.fp8_kv_cache)"
     )
+
+
+def test_vllm_bench_serve_keeps_per_request_figures_and_the_installed_parser_accepts_it(tmp_path):
+    """--save-detailed: vLLM 0.32 vllm/benchmarks/serve.py:1749 (per-request ttfts, itls, ...)."""
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from harness.backends.cpu import CpuBackend
+    from harness.matrix import load_matrix
+
+    cell = next(c for c in load_matrix("smoke-cpu").cells if not c.is_fp8)
+    argv = CpuBackend().bench_command(cell, "http://127.0.0.1:8000", 1, tmp_path).argv
+    assert "--save-detailed" in argv
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args(list(argv[argv.index("serve") + 1:]))
+    assert args.save_detailed and args.save_result
