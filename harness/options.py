@@ -139,6 +139,14 @@ def add_harness_options(addoption: Callable[..., Any]) -> None:
         help="Where runs are written (<DIR>/<run-id>/results.jsonl). Default: reports",
     )
     addoption(
+        "--resume",
+        dest="harness_resume",
+        metavar="RUN",
+        default=None,
+        help="Continue this run (a run id under --results-dir, or 'latest') in its directory: "
+        "stages that passed keep their records and do not run again",
+    )
+    addoption(
         "--baseline",
         dest="harness_baseline",
         metavar="RUN",
@@ -189,6 +197,7 @@ class RunOptions:
     selection: tuple[str, ...] = ()
     recalibrate_invalid: bool = False  # for calibration.service.ensure(recalibrate_invalid=)
     history_url: str | None = None  # the history database every result also goes to; None: off
+    resume: str | None = None  # --resume: the run id (or "latest") to continue
 
     @classmethod
     def from_config(cls, config: Any) -> RunOptions:
@@ -239,6 +248,7 @@ class RunOptions:
             selection=_selection(config),
             recalibrate_invalid=bool(config.getoption("harness_recalibrate_invalid", False)),
             history_url=history_url,
+            resume=config.getoption("harness_resume", None),
         )
 
 

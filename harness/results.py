@@ -29,6 +29,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
 from harness.fileio import write_atomic
 
 SCHEMA_VERSION = 1
@@ -84,6 +85,13 @@ class RunStore:
             {"kind": "run", "run_id": self.run_id, "schema_version": SCHEMA_VERSION, **context}
         )
 
+    def reopen(self, record: dict[str, Any]) -> None:
+        """Continue an existing run (--resume): its directory and records stay, `record` (kind
+        "resume") says when and with what selection it went on."""
+        if not self.path.is_file():
+            raise HarnessError(f"--resume {self.run_id}: {self.path} does not exist")
+        self._append({"kind": "resume", "run_id": self.run_id, **record})
+
     def append(self, result: StageResult) -> None:
         result.run_id = self.run_id
         self._append(result.as_dict())
@@ -128,12 +136,15 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def stage_results(path: Path) -> list[StageResult]:
+    """The stage records of a run; a stage run again (--resume) counts once, as its last record
+    (in the order the stages first ran)."""
     fields = set(StageResult.__dataclass_fields__)
-    return [
-        StageResult(**{k: v for k, v in rec.items() if k in fields})
-        for rec in read_records(path)
-        if rec.get("kind") == "stage"
-    ]
+    latest: dict[tuple[str, str], StageResult] = {}
+    for rec in read_records(path):
+        if rec.get("kind") == "stage":
+            result = StageResult(**{k: v for k, v in rec.items() if k in fields})
+            latest[(result.cell, result.stage)] = result
+    return list(latest.values())
 
 
 class ResultStore:

@@ -32,6 +32,7 @@ from harness.cell import Stage
 from harness.cell import bf16_twin_id
 from harness.cell_resources import CellResources
 from harness.cell_resources import CellSlot
+from harness.errors import HarnessError
 from harness.matrix import Matrix
 from harness.options import RunOptions
 from harness.plan import render_plan
@@ -44,6 +45,7 @@ from harness.references import RunReferences
 from harness.report.junit import junit_case
 from harness.report.run_end import finish_run
 from harness.report.run_end import load_baseline
+from harness.results import ResultStore
 from harness.results import RunStore
 from harness.results import new_run_id
 from harness.results import now_iso
@@ -107,6 +109,24 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise)
 
 
+def resume_run(results_dir: Path, which: str) -> str:
+    """The run --resume continues: an id under `results_dir`, or `latest`; a missing one is an
+    error listing the runs there are."""
+    store = ResultStore(results_dir)
+    run_id = store.latest() if which == "latest" else which
+    if run_id is None or run_id not in store.runs():
+        raise HarnessError(
+            f"--resume {which}: no such run in {results_dir} "
+            f"(runs: {', '.join(store.runs()[-5:]) or 'none'})"
+        )
+    return run_id
+
+
+def passed_stages(path: Path) -> set[tuple[str, str]]:
+    """(cell, stage) of every stage whose last record in the run passed."""
+    return {(r.cell, r.stage) for r in stage_results(path) if r.status == "passed"}
+
+
 def _git_commit(root: Path) -> str:
     """The harness checkout's commit, `-dirty` when tracked files differ from it (a result of
     uncommitted code must not pass for the commit's)."""
@@ -138,7 +158,10 @@ class HarnessSession:
         self.options = options
         self.matrix = matrix
         self.backend = backend
-        self.store = RunStore(options.results_dir, run_id or new_run_id())
+        resumed = resume_run(options.results_dir, options.resume) if options.resume else None
+        self.store = RunStore(options.results_dir, run_id or resumed or new_run_id())
+        # --resume: the stages that passed in the run being continued (not run again)
+        self.done = passed_stages(self.store.path) if resumed else set()
         self.failures: dict[str, str] = {}  # cell id -> the first failed stage, one line
         self.cells = CellSlot(
             backend, self.store, options.cache_dir, options.recalibrate_invalid
@@ -200,8 +223,15 @@ class HarnessSession:
         if self._opened or self.options.plan:
             return
         self._opened = True
-        if self.is_worker:  # the controller wrote the context line
+        if self.is_worker or self.options.resume:  # the context line is written already
             line = next((r for r in read_records(self.store.path) if r.get("kind") == "run"), {})
+            if self.options.resume and not self.is_worker:
+                self.store.reopen({
+                    "started": now_iso(),
+                    "selection": list(self.options.selection),
+                    "commit": _git_commit(Path(__file__).resolve().parent),
+                    "kept": len(self.done),
+                })
             self._remember_run(line)
             return
         from harness.history.context import local_fingerprint
@@ -314,6 +344,8 @@ class HarnessSession:
         self, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
         empty = [i for i in items if stage_of(i) is not None and cell_of(i) is None]
+        if self.done:  # --resume: what passed keeps its record and does not run again
+            empty += [i for i in items if self._passed_before(i)]
         if empty:
             config.hook.pytest_deselected(items=empty)
         items[:] = sorted((i for i in items if i not in empty), key=self.sort_key)
@@ -324,6 +356,10 @@ class HarnessSession:
             for cell, stage in ((cell_of(i), stage_of(i)) for i in items)
             if cell is not None and stage is not None
         ]
+
+    def _passed_before(self, item: pytest.Item) -> bool:
+        cell, stage = cell_of(item), stage_of(item)
+        return cell is not None and stage is not None and (cell.id, stage.value) in self.done
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:

@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy  # noqa: F401  (see below)
 import pytest
+import scipy.stats  # noqa: F401
+import sqlalchemy  # noqa: F401
 
+# pytester's in-process runs drop the modules a run imported; NumPy imported again breaks
+# ("_CopyMode.IF_NEEDED is neither True nor False"), so the libraries a run's end uses (the
+# history's statistics) are imported once here, before any inner run
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 

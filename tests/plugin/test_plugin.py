@@ -370,3 +370,29 @@ def test_every_stage_result_also_goes_to_the_history_database(project):
     off = run(project, "--history-db", "none")
     off.assert_outcomes(passed=4)
     assert db.execute("select count(distinct run_id) from results").fetchone() == (1,)
+
+
+def test_resume_reruns_only_what_did_not_pass_in_the_same_run_directory(project):
+    project.makefile(
+        ".yaml",
+        m=MATRIX.replace(
+            "stages: [preflight, collectives]",
+            "stages: [preflight, collectives]\noverrides:\n  - cells: 'alpha/*'\n"
+            "    settings: {preflight: {min_memory_gb: 1000000}}",
+        ),
+    )
+    run(project).assert_outcomes(passed=2, failed=1, skipped=1)
+    (first,) = run_dirs(project.path / "out")
+    project.makefile(".yaml", m=MATRIX)  # the cause fixed; the night goes on
+    resumed = run(project, "--resume", "latest")
+    resumed.assert_outcomes(passed=2, deselected=2)  # beta's two passed stages kept
+    assert run_dirs(project.path / "out") == [first]
+    recs = records(project)
+    assert [r["kind"] for r in recs].count("resume") == 1
+    latest = {(r["cell"], r["stage"]): r["status"] for r in recs if r["kind"] == "stage"}
+    assert set(latest.values()) == {"passed"} and len(latest) == 4
+    assert recs[-1]["kind"] == "end" and recs[-1]["status"] == "completed"
+    assert "**Verdict: QUALIFIED**" in (first / "report.md").read_text()
+    bad = run(project, "--resume", "no-such-run")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--resume no-such-run: no such run in *"])
