@@ -396,3 +396,44 @@ def test_resume_reruns_only_what_did_not_pass_in_the_same_run_directory(project)
     bad = run(project, "--resume", "no-such-run")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--resume no-such-run: no such run in *"])
+
+
+def test_an_interrupted_run_says_so_and_resume_finishes_it(project):
+    """Ctrl-C in a stage: results.jsonl ends with an `interrupted` record listing what never ran,
+    summary.md and report.md say INTERRUPTED (not a partial selection); --resume completes it."""
+    project.makepyfile(
+        test_coll="""
+import os, time, pytest
+
+pytestmark = pytest.mark.collectives
+
+def test_collectives(cell, stage):
+    open(os.environ["STARTED"], "a").close()
+    time.sleep(120)
+"""
+    )
+    started = project.path / "started"
+    proc = subprocess.Popen(
+        HARNESS_RUN, cwd=project.path, env={**os.environ, "STARTED": str(started)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    (run_dir,) = run_dirs(project.path / "out")
+    lines = [json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()]
+    end = lines[-1]
+    assert end["kind"] == "end" and end["status"] == "interrupted", out[-2000:]
+    assert end["signal"] == "SIGINT"
+    assert "alpha/cpu/tp1/bf16-kv-auto [collectives]" in end["not_run"]
+    assert "beta/cpu/tp1/bf16-kv-auto [preflight]" in end["not_run"]
+    assert "**INTERRUPTED by SIGINT; 3 selected stage(s) never ran" in (
+        run_dir / "summary.md").read_text()
+    assert "**Verdict: INCOMPLETE**: the run did not complete: INTERRUPTED by SIGINT" in (
+        run_dir / "report.md").read_text()
+    project.makepyfile(test_coll=SLOW_COLLECTIVES)
+    run(project, "--resume", "latest").assert_outcomes(passed=3, deselected=1)
+    assert run_dirs(project.path / "out") == [run_dir]
+    assert records(project)[-1]["status"] == "completed"
