@@ -35,7 +35,9 @@ class SignalWatch:
     KeyboardInterrupt, the session's SIGTERM-to-KeyboardInterrupt) act as before."""
 
     seen: list[str] = field(default_factory=list)
-    _previous: dict[int, Any] = field(default_factory=dict)
+    # the handlers it wraps; not in repr: signal.getsignal() formats a handler's repr, and a
+    # chain of watches (one per in-process run) would make that slow
+    _previous: dict[int, Any] = field(default_factory=dict, repr=False)
 
     def install(self) -> SignalWatch:
         if threading.current_thread() is not threading.main_thread():

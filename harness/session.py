@@ -449,6 +449,10 @@ class HarnessSession:
         if self.regressions and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """Give the signal handlers back (in-process runs, e.g. pytester, must not stack them)."""
+        self.signals.uninstall()
+
     def _against_history(self) -> AgainstHistory | None:
         """This run's gated figures against their history's noise, with the change points."""
         reader = self.history.reader() if self.history is not None else None

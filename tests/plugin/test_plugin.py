@@ -437,3 +437,11 @@ def test_collectives(cell, stage):
     run(project, "--resume", "latest").assert_outcomes(passed=3, deselected=1)
     assert run_dirs(project.path / "out") == [run_dir]
     assert records(project)[-1]["status"] == "completed"
+
+
+def test_an_in_process_run_gives_back_the_signal_handlers_it_wrapped(project):
+    # stacked across runs, each handler's repr held the previous one: getsignal() crawled
+    before = signal.getsignal(signal.SIGINT)
+    run(project).assert_outcomes(passed=4)
+    run(project).assert_outcomes(passed=4)
+    assert signal.getsignal(signal.SIGINT) is before
