@@ -108,21 +108,7 @@ class RunReferences:
                 missing=f"the BF16 twin {twin}'s {stage} stage {found.status} in this run{why}; "
                 "fix it and rerun both cells",
             )
-        if twin not in self.matrix_ids:
-            return Reference(
-                None,
-                missing=f"no BF16 twin {twin} in the matrix: add bf16 (kv_cache_dtype auto) to "
-                "this model's axes, or drop max_drop_vs_bf16 for the cell",
-            )
-        if twin not in self.selected_ids:
-            return Reference(
-                None,
-                missing=f"the BF16 twin {twin} is not in this run's selection: include it "
-                "(--cells/--stages/-k/-m)",
-            )
-        return Reference(
-            None, missing=f"the BF16 twin {twin} had not recorded its {stage} stage yet"
-        )
+        return Reference(None, missing=self._missing_twin(twin, stage))
 
     def fp8_verdict(self, fp8: StageResult, name: str, spec: GateSpec) -> GateOutcome:
         twin = bf16_twin_id(fp8.cell)
@@ -135,13 +121,15 @@ class RunReferences:
                                f"{outcome.missing}; {why}")
         return outcome
 
-    def _missing_twin(self, twin: str) -> str:
+    def _missing_twin(self, twin: str, stage: str = "accuracy") -> str:
+        """Why this run has no usable record of the twin, and how to provide one."""
         if twin not in self.matrix_ids:
             return (f"no BF16 twin {twin} in the matrix: add bf16 (kv_cache_dtype auto) to this "
                     "model's axes, give the gate an expected BF16 value, or drop max_drop_vs_bf16")
         if twin not in self.selected_ids:
-            return f"the BF16 twin {twin} is not in this run's selection: include it"
-        return f"the BF16 twin {twin} has no passing accuracy record in this run"
+            return (f"the BF16 twin {twin} is not in this run's selection: include it "
+                    "(--cells/--stages/-k/-m)")
+        return f"the BF16 twin {twin} had not recorded a passing {stage} stage in this run"
 
 
 class FallbackReferences:

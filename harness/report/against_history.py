@@ -83,8 +83,7 @@ def against_history(
         f"{judged} gated figure(s) judged against the noise of their history "
         f"({like.host_class or 'this host class'}, same stack); "
     )
-    regressions = [line for line in lines if line.startswith("- **regression**")]
-    head += f"{len(regressions)} beyond it." if judged else "none had enough history yet."
+    head += f"{len(lines)} beyond it." if judged else "none had enough history yet."
     out = [head, *lines]
     if changes:
         out += ["", "Change points:", "", *changes]
