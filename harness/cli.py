@@ -112,7 +112,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         run = qualification.load_run(store, run_id)
         history = qualification.earlier_runs(store, run)
-        print(qualification.write_report(run, history, path.parent).read_text(), end="")
+        from harness.workplan.figures import units_section
+
+        units = units_section(read_records(path))
+        print(qualification.write_report(run, history, path.parent, (), units).read_text(), end="")
         return 0
     context = next((r for r in read_records(path) if r.get("kind") == "run"), {})
     print(render_summary(store.load(run_id), str(context.get("matrix_name", "?")), run_id), end="")

@@ -318,6 +318,19 @@ def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
 # -- one cluster per session ------------------------------------------------------------------
 
 _shared: RayCluster | None = None
+_view: RayCluster | None = None  # a leased unit's view (harness.workplan.leased_cluster)
+
+
+@contextlib.contextmanager
+def leased_view(view: RayCluster) -> Iterator[None]:
+    """While a work unit holds a lease, `shared()` gives its stages the lease's view, so a
+    stage's own reservation is the lease's group instead of a second one Ray cannot place."""
+    global _view
+    before, _view = _view, view
+    try:
+        yield
+    finally:
+        _view = before
 
 
 def shared(
@@ -325,6 +338,8 @@ def shared(
 ) -> RayCluster:
     """The session's cluster: the configured one, else (cpu backend) a local one started once."""
     global _shared
+    if _view is not None:
+        return _view
     address = cluster_address(options, os.environ)
     if _shared is not None:
         if address and _shared.address != address and not _shared.started_here:

@@ -8,6 +8,7 @@ the harness is active. The fixtures hand a stage exactly what it uses: `stage` (
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -35,12 +36,21 @@ from harness.stages.base import Recorder
 from harness.stages.runner import StageRun
 from harness.stages.runner import as_pytest_outcomes
 from harness.stages.serving import ServerHandle
+from harness.workplan import run as workplan_run
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "FP8 serving qualification harness")
     add_harness_options(group.addoption)
     add_history_option(group.addoption)
+    group.addoption(
+        "--ray-address",
+        dest="harness_ray_address",
+        default=None,
+        metavar="HOST:PORT",
+        help="Join this Ray cluster (with -n N: cells run at once on its nodes and cards, "
+        "leased through Ray); default: RAY_ADDRESS, else the cpu backend starts a local one",
+    )
     name, text, _, default = HISTORY_INI  # a string option
     parser.addini(name, text, type="string", default=default)
     parser.addini("harness_matrix", "Default matrix (name or path)", default="")
@@ -74,6 +84,13 @@ def pytest_configure(config: pytest.Config) -> None:
             {"workdir": str(options.results_dir), "cache_dir": str(options.cache_dir)},
         )
         session = HarnessSession(options, matrix, backend, run_id, worker is not None)
+        address = config.getoption("harness_ray_address", None)
+        if address:  # for this process's Ray connection and the workers xdist starts
+            os.environ["RAY_ADDRESS"] = address
+        if workplan_run.distributed(config) and not options.plan:
+            session.plan_units()  # before xdist starts the workers, which join its cluster
+        elif worker is not None and worker.get("harness_units"):
+            session.join_units(str(worker["harness_units"]))
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
     if worker is None and not options.plan:  # what a crashed (SIGKILLed) run left behind

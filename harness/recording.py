@@ -23,13 +23,16 @@ def stage_result(
 ) -> StageResult:
     """The record of `stage` of `cell` from its final report (artifacts relative to `root`)."""
     status = {"passed": "passed", "failed": "failed", "skipped": "skipped"}[report.outcome]
+    # a node stage that refers to its node phase's record keeps that record's gates, and says so
+    ref = rec.referenced
+    gates = [g.as_dict() for g in rec.gates] or (list(ref[0].gates) if ref else [])
     return StageResult(
         cell=cell.id,
         stage=stage.value,
         status=status,
-        message=message(report),
+        message=message(report) or (rec.notes[-1] if ref and rec.notes else ""),
         metrics=dict(rec.metrics),
-        gates=[g.as_dict() for g in rec.gates],
+        gates=gates,
         artifacts=relative(rec.artifacts, root),
         started=started(report),
         duration_s=round(report.duration, 3),

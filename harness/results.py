@@ -96,6 +96,10 @@ class RunStore:
         result.run_id = self.run_id
         self._append(result.as_dict())
 
+    def append_record(self, record: dict[str, Any]) -> None:
+        """A line of another kind (a work unit as it ran, the cluster a run planned on)."""
+        self._append({"run_id": self.run_id, **record})
+
     def _append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, default=str, sort_keys=True)
         with self.path.open("a", encoding="utf-8") as fh:

@@ -62,6 +62,9 @@ if TYPE_CHECKING:  # the history package (SQLAlchemy) loads only when a run uses
     from harness.history.context import RunContext
     from harness.history.writer import HistoryWriter
     from harness.report.against_history import AgainstHistory
+    from harness.workplan.run import ClusterShape
+    from harness.workplan.units import WorkPlan
+    from harness.workplan.worker import UnitWorker
 
 STAGE_MARKERS = {s.value: s for s in Stage}
 PLUGIN_NAME = "harness-session"
@@ -180,6 +183,12 @@ class HarnessSession:
             self.history = HistoryWriter(options.history_url)
         self.like: RunContext | None = None  # this run's context, for like-with-like history
         self.regressions: list[str] = []  # against --baseline, set at session end
+        # `pytest -n N`: the controller's plan of work units on the run's Ray cluster, and a
+        # worker's unit leases (harness/workplan/); both None in a run without -n
+        self.plan: WorkPlan | None = None
+        self.shape: ClusterShape | None = None
+        self.units: UnitWorker | None = None
+        self._index: dict[str, int] = {}  # a worker's item nodeid -> its collection index
 
     # selection and order ---------------------------------------------------------------
     def cells_for(self, stage: Stage) -> list[Cell]:
@@ -292,11 +301,19 @@ class HarnessSession:
         )
 
     def _references(self) -> References:
-        """BF16 twins of this run; then, with a history database, its last passing BF16 run."""
+        """BF16 twins of this run; then, with a history database, its last passing BF16 run.
+        In a `pytest -n` run the twin runs beside: a lookup waits for its record first."""
         run = RunReferences(self.store, [c.id for c in self.matrix.cells], self._selected)
+        this_run: References = run
+        if self.units is not None:
+            from harness.workplan.twins import TwinWaitingReferences
+
+            this_run = TwinWaitingReferences(
+                run, self.store, self._selected_pairs, self._twin_wait_s
+            )
         history, like = self.history, self.like
         if history is None or like is None:
-            return run
+            return this_run
         run.use_expected = False  # this run's twin, then the history, then `expected`
 
         def from_history() -> References:  # SQLAlchemy and the stats load only when needed
@@ -304,7 +321,14 @@ class HarnessSession:
 
             return HistoryReferences(run, history.reader(), like)
 
-        return FallbackReferences(run, from_history)
+        return FallbackReferences(this_run, from_history)
+
+    def _twin_wait_s(self, cell_id: str) -> float:
+        """How long an FP8 cell waits for its twin: the twin's start-up and accuracy time."""
+        cell = next((c for c in self.matrix.cells if c.id == cell_id), None)
+        if cell is None:
+            return 0.0
+        return cell.settings.serving.ready_timeout_s + cell.settings.accuracy.timeout_s
 
     # hooks: collection -----------------------------------------------------------------
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -361,22 +385,87 @@ class HarnessSession:
         cell, stage = cell_of(item), stage_of(item)
         return cell is not None and stage is not None and (cell.id, stage.value) in self.done
 
+    # `pytest -n N`: work units on the run's Ray cluster (harness/workplan/) ----------------
+    def plan_units(self) -> None:
+        """Controller: start or join the run's Ray cluster, plan the selected cells onto it (a
+        cell that cannot fit is a HarnessError naming it) and record the cluster's shape."""
+        from harness.workplan import run
+
+        cells = [c for s in Stage for c in self.cells_for(s)]
+        cells = list({c.id: c for c in cells}.values())
+        if not cells:
+            return
+        self.shape = run.start_cluster(self.backend, cells, self.store.run_id)
+        self.plan = run.plan_run(cells, self.options.stages, self.shape)
+        self.open_store()
+        self.store.append_record(self.shape.as_record())
+
+    def join_units(self, resource: str) -> None:
+        """Worker: lease each unit's cards while its items run (harness/workplan/worker.py)."""
+        from harness.workplan.leases import LeaseManager
+        from harness.workplan.worker import UnitWorker
+
+        cells = {c.id: c for c in self.matrix.cells}
+        self.units = UnitWorker(
+            self.store.dir,
+            self.store,
+            LeaseManager(self.store.run_id, resource),
+            lambda cell_id: self.backend.ray_cluster(cells[cell_id]),
+        )
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
-        """xdist: keep a cell and its BF16 twin on one worker, in order (one server per cell,
-        the twin's accuracy recorded before the FP8 cell's is judged)."""
-        from harness.xdist_scheduling import CellScheduling
+        """xdist: whole work units to idle workers as the plan allows (harness/workplan/)."""
+        if self.plan is None:
+            return None
+        from harness.workplan.dispatch import Dispatcher
+        from harness.workplan.xdist import UnitScheduling
 
-        return CellScheduling(config, log)
+        plan = self.plan
+        return UnitScheduling(config, log, lambda items: Dispatcher(plan, items), self.store.dir)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        """xdist: every worker appends to the controller's run."""
+        """xdist: every worker appends to the controller's run, in its units."""
         self.open_store()
         node.workerinput["harness_run_id"] = self.store.run_id
+        if self.shape is not None:
+            node.workerinput["harness_units"] = self.shape.resource
+
+    def _enter_unit(self, item: pytest.Item, cell: Cell, stage: Stage, rec: Recorder) -> None:
+        """Worker: hold the item's unit's cards; a node stage whose nodes a node phase measured
+        refers to that record; a cell whose earlier stage failed on another worker stops."""
+        units = self.units
+        assert units is not None
+        if not self._index:
+            self._index = {i.nodeid: n for n, i in enumerate(item.session.items)}
+        try:
+            units.enter(self._index[item.nodeid])
+        except HarnessError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        self.cells.placement_env = units.placement_env()
+        ticket = units.ticket
+        ref = ticket.references.get(f"{cell.id}::{stage.value}") if ticket else None
+        if ref is not None:
+            found = self.store.latest(ref[1], stage.value)
+            rec.referenced = (found, ref[0]) if found is not None else None
+        if cell.id not in self.failures:
+            for earlier in stage_results(self.store.path):
+                if earlier.cell == cell.id and earlier.status == "failed" and (
+                    Stage(earlier.stage).order < stage.order
+                ):
+                    self.failures[cell.id] = f"{earlier.stage} failed (another worker)"
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
+        if self.units is not None:  # an xdist worker of a unit-scheduled run
+            from xdist.remote import WorkerInteractor
+
+            from harness.workplan.worker import run_loop
+
+            plugins = session.config.pluginmanager.get_plugins()
+            interactor = next(p for p in plugins if isinstance(p, WorkerInteractor))
+            return run_loop(session, interactor, self.units)
         if not self.options.plan:
             return None
         pairs = [(cell_of(i), stage_of(i)) for i in session.items]
@@ -390,7 +479,9 @@ class HarnessSession:
         cell, stage = cell_of(item), stage_of(item)
         if cell is None or stage is None:
             return
-        item.stash[RECORDER_KEY] = Recorder()
+        item.stash[RECORDER_KEY] = rec = Recorder()
+        if self.units is not None:
+            self._enter_unit(item, cell, stage, rec)
         earlier = self.failures.get(cell.id)
         reason = f"earlier stage {earlier}" if earlier else self.backend.skip_reason(cell, stage)
         if reason:

@@ -362,7 +362,11 @@ def plot_trend(run: Run, history: list[Run], path: Path) -> bool:
 
 
 def write_report(
-    run: Run, history: list[Run], directory: Path, against: Sequence[str] = ()
+    run: Run,
+    history: list[Run],
+    directory: Path,
+    against: Sequence[str] = (),
+    units: Sequence[str] = (),
 ) -> Path:
     """report.md (and trend.png) in the run's directory, each written atomically; `against`:
     the section on this run against the history database (harness/report/against_history.py)."""
@@ -371,5 +375,7 @@ def write_report(
     text = render(run, history, plotted)
     if against:
         text += "\n## Against history\n\n" + "\n".join(against) + "\n"
+    if units:  # a `pytest -n` run: its work units and how busy the cards were
+        text += "\n" + "\n".join(units) + "\n"
     write_atomic(path, text)
     return path

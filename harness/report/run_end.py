@@ -19,8 +19,10 @@ from harness.report.markdown import render_summary
 from harness.results import ResultStore
 from harness.results import RunStore
 from harness.results import StageResult
+from harness.results import read_records
 from harness.results import stage_results
 from harness.results import write_atomic
+from harness.workplan.figures import units_section
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,11 @@ def load_baseline(results_dir: Path, which: str | None) -> Baseline | None:
 
 
 def write_qualification(
-    results_dir: Path, run_id: str, directory: Path, against: Sequence[str] = ()
+    results_dir: Path,
+    run_id: str,
+    directory: Path,
+    against: Sequence[str] = (),
+    units: Sequence[str] = (),
 ) -> None:
     """report.md (+ trend.png) for sign-off; a broken plot must not cost the run's end."""
     from harness.report import qualification
@@ -55,7 +61,7 @@ def write_qualification(
     try:
         run = qualification.load_run(store, run_id)
         history = qualification.earlier_runs(store, run)
-        qualification.write_report(run, history, directory, against)
+        qualification.write_report(run, history, directory, against, units)
         from harness.report.html import write_html
 
         write_html(run, history, directory)
@@ -85,8 +91,11 @@ def finish_run(
     if ending:
         title, _, rest = summary.partition("\n")
         summary = f"{title}\n\n**{ending}**\n{rest}"
+    units = units_section(read_records(store.path))
+    if units:
+        summary += "\n" + "\n".join(units) + "\n"
     write_atomic(store.dir / "summary.md", summary)
-    write_qualification(store.root, store.run_id, store.dir, against)
+    write_qualification(store.root, store.run_id, store.dir, against, units)
     if baseline is None:
         return []
     deltas = compare(baseline.results, results, checks)

@@ -18,6 +18,7 @@ from harness.gates import evaluate
 from harness.references import NoReferences
 from harness.references import Reference
 from harness.references import References
+from harness.results import StageResult
 
 
 class StageSkipped(HarnessError):
@@ -36,6 +37,9 @@ class Recorder:
     artifacts: dict[str, str] = field(default_factory=dict)
     gates: list[GateOutcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # a node stage of a cell whose nodes a node phase measured once (a `pytest -n` run): that
+    # record and the phase's unit id; the stage refers to it instead of measuring again
+    referenced: tuple[StageResult, str] | None = None
 
     def metric(self, name: str, value: Any) -> None:
         self.metrics[name] = value

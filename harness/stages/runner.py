@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness.errors import HarnessError
+from harness.results import StageResult
 from harness.stages.base import GateFailed
 from harness.stages.base import Recorder
 from harness.stages.base import StageContext
@@ -61,6 +62,8 @@ class StageRun:
                 f"a {stage} test runs {module}.{getattr(function, '__name__', '?')}: "
                 f"name harness.stages.{stage}.run (or mark the test with that stage)"
             )
+        if self.recorder.referenced is not None:
+            return self._refer(*self.recorder.referenced)
         start = time.monotonic()
         try:
             with as_pytest_outcomes():
@@ -68,3 +71,23 @@ class StageRun:
         finally:
             self.recorder.metric("stage_wall_s", round(time.monotonic() - start, 3))
         return self.recorder
+
+    def _refer(self, result: StageResult, unit: str) -> Recorder:
+        """Take the node phase's record of these nodes as this cell's: its figures and gates,
+        and its outcome (a failed node phase fails every cell on its nodes)."""
+        rec = self.recorder
+        rec.update(result.metrics)
+        rec.artifacts.update(result.artifacts)
+        said = referenced_message(result, unit)
+        rec.notes.append(said)
+        if result.status == "failed":
+            pytest.fail(f"{said}:\n{result.message}", pytrace=False)
+        if result.status == "skipped":
+            pytest.skip(f"{said}: {result.message}")
+        return rec
+
+
+def referenced_message(result: StageResult, unit: str) -> str:
+    """What a referring record says: the node phase measured these nodes once."""
+    return (f"measured once for node set {unit} by {result.cell}'s {result.stage} stage "
+            f"({result.status}); this cell runs on those nodes")

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +82,14 @@ def _prechecks(backend: ServingBackend, cell: Cell, workdir: Path) -> None:
 
 @contextlib.contextmanager
 def serve(
-    backend: Backend, cell: Cell, calibration: CalibrationArtifacts | None, workdir: Path
+    backend: Backend,
+    cell: Cell,
+    calibration: CalibrationArtifacts | None,
+    workdir: Path,
+    placement_env: Mapping[str, str] | None = None,
 ) -> Iterator[ServerHandle]:
     """Start the cell's server (logs and prechecks in `workdir`) and yield its handle; stopped
-    when the block ends."""
+    when the block ends. `placement_env`: the devices its work unit leased (`pytest -n`)."""
     reason = backend.skip_reason(cell, Stage.SERVING)
     if reason:
         raise StageSkipped(reason)
@@ -104,6 +110,9 @@ def serve(
             _prechecks(backend, cell, workdir)
             port = settings.port or free_port(settings.host)
             spec = backend.server_spec(cell, port, calibration, workdir)
+            if placement_env:
+                env = {**spec.command.env, **placement_env}
+                spec = replace(spec, command=replace(spec.command, env=env))
             server = stack.enter_context(running(spec, workdir / SERVER_LOG))
         except (ServerFailed, CommandFailed) as exc:
             raise failure(cell, Stage.SERVING, exc) from None

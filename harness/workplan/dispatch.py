@@ -1,7 +1,7 @@
 """The policy an xdist controller follows: suite items grouped into units, handed out as the
 scheduler allows, with each unit's node choice written where its worker reads it.
 
-pytest-xdist gives the workers; the controller's scheduling object (xdist_scheduling.py) keeps
+pytest-xdist gives the workers; the controller's scheduling object (xdist.py) keeps
 one Dispatcher: when a worker is idle it asks `next_unit()` and sends that unit's items to it
 (one unit per worker at a time, so its stages share one server and one lease); on each
 `mark_test_complete` it calls `complete(index)`, which finishes the unit after its last item.
@@ -14,7 +14,10 @@ import json
 import re
 import time
 from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 
 from harness import fileio
@@ -23,9 +26,11 @@ from harness.workplan.scheduler import Assignment
 from harness.workplan.scheduler import Durations
 from harness.workplan.scheduler import Scheduler
 from harness.workplan.units import NODE_STAGES
+from harness.workplan.units import Demand
 from harness.workplan.units import PlanError
 from harness.workplan.units import UnitKind
 from harness.workplan.units import WorkPlan
+from harness.workplan.units import WorkUnit
 
 ItemKey = Callable[[str], tuple[str, Stage] | None]
 _SUITE = re.compile(r"test_(\w+)\.py::test_\w+\[(.+)\]$")
@@ -119,18 +124,56 @@ def assignment_path(run_dir: Path, unit_id: str) -> Path:
     return run_dir / "units" / (unit_id.replace("/", "~") + ".json")
 
 
-def write_assignment(run_dir: Path, found: Assignment) -> Path:
-    """Where the controller puts a unit's nodes before sending its items."""
-    path = assignment_path(run_dir, found.unit.id)
+@dataclass(frozen=True)
+class Ticket:
+    """What a worker reads of the unit it was sent: the unit, its nodes and its item indices."""
+
+    unit: WorkUnit
+    nodes: tuple[int, ...]  # scheduler node indices (empty: let Ray choose)
+    indices: tuple[int, ...]
+    # `cell::stage` -> (node phase, cell whose record it is): items that refer to that record
+    references: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def write_assignment(
+    run_dir: Path,
+    found: Assignment,
+    indices: Sequence[int] = (),
+    references: Mapping[str, tuple[str, str]] | None = None,
+) -> Path:
+    """Where the controller puts a unit's nodes, demand and items before sending them."""
+    unit = found.unit
+    path = assignment_path(run_dir, unit.id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fileio.write_json(path, {"unit": found.unit.id, "nodes": list(found.nodes)})
+    fileio.write_json(path, {
+        "unit": unit.id,
+        "kind": unit.kind.value,
+        "cells": list(unit.cells),
+        "nodes": list(found.nodes),
+        "demand": {"nodes": unit.demand.nodes, "cards": unit.demand.cards,
+                   "whole_nodes": unit.demand.whole_nodes},
+        "indices": list(indices),
+        "items": [[cell, stage.value] for cell, stage in unit.items],
+        "references": {k: list(v) for k, v in (references or {}).items()},
+    })
     return path
 
 
-def read_assignment(run_dir: Path, unit_id: str) -> tuple[int, ...]:
-    """The nodes the controller chose for `unit_id` (empty: let Ray choose)."""
+def read_assignment(run_dir: Path, unit_id: str) -> Ticket | None:
+    """The unit as the controller sent it (None: no such file, or not readable)."""
     try:
         data = json.loads(assignment_path(run_dir, unit_id).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ()
-    return tuple(int(n) for n in data.get("nodes", []))
+        demand = data["demand"]
+        unit = WorkUnit(
+            id=data["unit"],
+            kind=UnitKind(data["kind"]),
+            cells=tuple(data["cells"]),
+            stages=tuple(dict.fromkeys(Stage(s) for _, s in data["items"])),
+            demand=Demand(int(demand["nodes"]), int(demand["cards"]), bool(demand["whole_nodes"])),
+            items=tuple((c, Stage(s)) for c, s in data["items"]),
+        )
+        refs = {k: (str(v[0]), str(v[1])) for k, v in data.get("references", {}).items()}
+        return Ticket(unit, tuple(int(n) for n in data["nodes"]),
+                      tuple(int(i) for i in data["indices"]), refs)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -6,6 +6,7 @@ the benchmark from a simulated one alike.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,3 +92,44 @@ def overlaps(records: Sequence[UnitRecord]) -> list[tuple[str, str, tuple[int | 
             shared = set(a.cards) & set(b.cards)
             found += [(a.unit, b.unit, c) for c in sorted(shared, key=str)]
     return found
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.0f} s"
+
+
+def units_section(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The run's work units for summary.md and report.md (none: a run without `-n`): the
+    figures, then one row a unit."""
+    units: list[UnitRecord] = []
+    cluster: Mapping[str, Any] = {}
+    for rec in records:
+        if rec.get("kind") == "unit":
+            units.append(UnitRecord.from_dict(rec))
+        elif rec.get("kind") == "cluster":
+            cluster = rec
+    if not units:
+        return []
+    nodes, per_node = int(cluster.get("nodes", 0)), int(cluster.get("cards_per_node", 0))
+    figures = run_figures(units, nodes * per_node)
+    origin = min(u.start for u in units)
+    lines = [
+        "## Work units (cells in parallel)",
+        "",
+        f"{len(units)} units on {nodes} node(s) x {per_node} {cluster.get('resource', 'card')}"
+        f": makespan {_duration(figures.makespan_s)}, sum of unit times "
+        f"{_duration(figures.unit_seconds)}, utilisation {100 * figures.utilisation:.0f}% "
+        "(card-seconds busy / card-seconds available)",
+        "",
+        "| unit | kind | start | time | cards (node:card) |",
+        "|---|---|---|---|---|",
+    ]
+    for u in sorted(units, key=lambda u: u.start):
+        cards = " ".join(f"{n}:{c}" for n, c in u.cards) or "-"
+        lines.append(f"| {u.unit} | {u.kind} | +{u.start - origin:.0f} s | {u.seconds:.0f} s "
+                     f"| {cards} |")
+    clash = overlaps(units)
+    if clash:
+        lines += ["", "**Cards held by two units at once:** "
+                  + "; ".join(f"{a} and {b} on {c}" for a, b, c in clash)]
+    return lines

@@ -278,15 +278,6 @@ def test_xdist_keeps_each_cell_on_one_worker_in_stage_order(project):
     assert sum(1 for r in recs if r.get("kind") == "stage") == 4
 
 
-def test_cell_scope_is_the_parameter_id():
-    from harness.xdist_scheduling import cell_scope
-
-    assert (
-        cell_scope("suites/test_a.py::test_a[m/cpu/tp1/bf16-kv-auto]") == "m/cpu/tp1/bf16-kv-auto"
-    )
-    assert cell_scope("tests/test_x.py::test_plain") is None
-
-
 def test_sigterm_ends_the_run_cleanly_with_processes_stopped_and_records_kept(project):
     """A user stage that started a process group; SIGTERM to pytest: the group dies, the summary is written."""
     project.makepyfile(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -272,8 +273,11 @@ def test_dispatcher_hands_out_units_with_their_items(tmp_path: Path) -> None:
         while (batch := dispatcher.next_unit()) is not None:
             found, indices = batch
             assert found is not None
-            write_assignment(tmp_path, found)
-            assert read_assignment(tmp_path, found.unit.id) == found.nodes
+            write_assignment(tmp_path, found, indices)
+            ticket = read_assignment(tmp_path, found.unit.id)
+            assert ticket is not None and ticket.nodes == found.nodes
+            assert ticket.indices == tuple(indices) and ticket.unit.items == found.unit.items
+            assert ticket.unit.demand == replace(found.unit.demand, pinned=())
             running.append(indices)
             sent += indices
         assert running, "a unit must be able to start when nothing runs"
@@ -288,7 +292,7 @@ def test_dispatcher_hands_out_units_with_their_items(tmp_path: Path) -> None:
     node_items = [collection[i] for i in dispatcher.items["node/cpu/n1/0"]]
     assert len(node_items) == 2 and all(cells[0].id in n for n in node_items)
     assert suite_item(collection[1]) == (cells[0].id, Stage.PREFLIGHT)
-    assert read_assignment(tmp_path, "no/such/unit") == ()
+    assert read_assignment(tmp_path, "no/such/unit") is None
 
 
 def test_a_failed_node_phase_blocks_what_can_no_longer_land_and_nothing_hangs() -> None:

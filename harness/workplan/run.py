@@ -1,0 +1,85 @@
+"""A suite run under `pytest -n N`: its Ray cluster, its plan of units, its node references.
+
+Only distributed runs use this; without `-n` a run goes cell after cell in one process, as it
+always did. The controller starts (cpu) or joins (`--ray-address` / RAY_ADDRESS) the run's Ray
+cluster before xdist starts its workers, so they join the same cluster, and plans the selected
+cells onto it; a cell that cannot fit is a usage error naming it, before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.backends.contracts import Backend
+from harness.cell import Cell
+from harness.cell import Stage
+from harness.workplan.leases import LeaseManager
+from harness.workplan.leases import alive_nodes
+from harness.workplan.plan import build_plan
+from harness.workplan.scheduler import Assignment
+from harness.workplan.units import NODE_STAGES
+from harness.workplan.units import PlanError
+from harness.workplan.units import UnitKind
+from harness.workplan.units import WorkPlan
+
+
+def distributed(config: Any) -> bool:
+    """Whether this process is the controller of a `pytest -n N` run."""
+    return getattr(config, "workerinput", None) is None and config.getoption("dist", "no") != "no"
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """What the plan is laid on: Ray nodes with `resource`, `cards_per_node` of it each."""
+
+    resource: str
+    nodes: int
+    cards_per_node: int
+    address: str
+
+    def as_record(self) -> dict[str, Any]:
+        return {"kind": "cluster", "resource": self.resource, "nodes": self.nodes,
+                "cards_per_node": self.cards_per_node}
+
+
+def start_cluster(backend: Backend, cells: Sequence[Cell], run_id: str) -> ClusterShape:
+    """The run's Ray cluster (started for the widest cell, or joined), exported as RAY_ADDRESS
+    for the workers; leases left by dead holders of earlier runs are removed first."""
+    widest = max(cells, key=lambda c: c.nodes)
+    resource = backend.ray_placement(widest, widest.nodes).resource
+    ray = backend.ray_cluster(widest)
+    os.environ["RAY_ADDRESS"] = ray.address
+    LeaseManager(run_id, resource).remove_leftovers()
+    nodes = alive_nodes(resource)
+    if not nodes:
+        raise PlanError(f"the Ray cluster at {ray.address} has no node with {resource}")
+    cards = min(int(n["Resources"][resource]) for n in nodes)
+    return ClusterShape(resource, len(nodes), cards, ray.address)
+
+
+def plan_run(
+    cells: Sequence[Cell], stages: Collection[Stage] | None, shape: ClusterShape
+) -> WorkPlan:
+    """The units of the selected cells on the cluster (a cell that cannot fit: PlanError)."""
+    return build_plan(cells, shape.nodes, shape.cards_per_node, stages)
+
+
+def references(plan: WorkPlan, found: Assignment) -> dict[str, tuple[str, str]]:
+    """`cell::stage` of the unit's node-stage items that refer to the record of the node phase
+    of the nodes it got, instead of measuring them again -> (node phase, the measured cell)."""
+    unit = found.unit
+    out = {}
+    for cell, stage in unit.items:
+        if stage not in NODE_STAGES or unit.kind is UnitKind.NODE:
+            continue
+        for phase in plan.units:
+            covers = set(found.nodes) <= set(phase.demand.pinned)
+            if phase.kind is UnitKind.NODE and cell in phase.cells and covers and phase.items:
+                out[f"{cell}::{stage.value}"] = (phase.id, phase.items[0][0])
+                break
+    return out
+

@@ -1,0 +1,163 @@
+"""The worker's side of unit scheduling: a unit's cards held while its items run.
+
+The controller (xdist.py) sends a worker all the items of one unit, and writes the unit's
+ticket (dispatch.py) first. When the worker meets the first item of a unit it leases the
+unit's cards through Ray (leases.py) and keeps the lease until the unit's last item has run:
+the server it starts sees exactly the leased devices (`Lease.env()`: HABANA_VISIBLE_MODULES,
+or the cpu cores as VLLM_CPU_OMP_THREADS_BIND), on cpu every process it starts inherits the
+leased cores as its affinity, and a stage's own Ray reservation gets the lease's group
+(leased_cluster.py). The unit's start, end and cards go to results.jsonl as a `unit` line.
+
+xdist's worker loop holds every item until it has the next one (pytest's `nextitem`); the last
+item of a unit is run at once, with no successor, so that its teardown releases the cell's
+server and the unit's cards and the controller can hand them to the next unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import cluster
+from harness.results import RunStore
+from harness.workplan.dispatch import Ticket
+from harness.workplan.dispatch import read_assignment
+from harness.workplan.figures import UnitRecord
+from harness.workplan.leased_cluster import LeasedCluster
+from harness.workplan.leases import Lease
+from harness.workplan.leases import LeaseManager
+from harness.workplan.xdist import LOOSE
+from harness.workplan.xdist import index_path
+
+RayFor = Callable[[str], cluster.RayCluster]  # a cell id -> the session's Ray cluster
+
+
+class UnitWorker:
+    """Which unit an item belongs to, and that unit's lease while its items run."""
+
+    def __init__(
+        self, run_dir: Path, store: RunStore, manager: LeaseManager, ray_for: RayFor
+    ) -> None:
+        self.run_dir = run_dir
+        self.store = store
+        self.manager = manager
+        self.ray_for = ray_for
+        self._batch_of: dict[int, str] = {}
+        self._last_of: dict[str, int] = {}
+        self.ticket: Ticket | None = None
+        self.lease: Lease | None = None
+        self._stack = contextlib.ExitStack()
+        self._started = 0.0
+
+    # which unit ---------------------------------------------------------------------------
+    def batch_of(self, index: int) -> str:
+        if index not in self._batch_of:
+            self._load_index()
+        return self._batch_of.get(index, LOOSE)
+
+    def ends_batch(self, index: int) -> bool:
+        """Whether item `index` is the last of the unit (or loose batch) it came in."""
+        batch = self.batch_of(index)
+        return self._last_of.get(batch) == index
+
+    def _load_index(self) -> None:
+        try:
+            raw = json.loads(index_path(self.run_dir).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        self._batch_of = {int(i): str(b) for i, b in raw.items()}
+        self._last_of = {}
+        for index, batch in sorted(self._batch_of.items()):
+            self._last_of[batch] = index
+
+    # the unit's lease -----------------------------------------------------------------------
+    def enter(self, index: int) -> Lease | None:
+        """Before item `index` runs: hold its unit's cards (a no-op for the unit's later items
+        and for items of no unit). A refusal raises LeaseError naming the unit."""
+        unit_id = self.batch_of(index)
+        if unit_id == LOOSE or (self.ticket is not None and self.ticket.unit.id == unit_id):
+            return self.lease
+        self.leave()
+        ticket = read_assignment(self.run_dir, unit_id)
+        if ticket is None:
+            return None
+        self.ticket = ticket
+        self._started = time.time()
+        ray = self.ray_for(ticket.unit.cells[0])  # connects this worker to the run's cluster
+        lease = self._stack.enter_context(self.manager.lease(ticket.unit, ticket.nodes))
+        self._stack.enter_context(cluster.leased_view(LeasedCluster(ray, lease)))
+        if lease.resource == "CPU":
+            self._stack.enter_context(_affinity(lease.nodes[0].devices))
+        self.lease = lease
+        return lease
+
+    def leave(self) -> None:
+        """After the unit's last item: release the cards and record the unit as it ran."""
+        ticket, lease = self.ticket, self.lease
+        self.ticket, self.lease = None, None
+        self._stack.close()
+        if ticket is None:
+            return
+        cards = tuple(
+            (node, device)
+            for node, held in zip(ticket.nodes or range(len(lease.nodes) if lease else 0),
+                                  lease.nodes if lease else (), strict=False)
+            for device in held.devices
+        )
+        record = UnitRecord(ticket.unit.id, self._started, time.time(), cards, ticket.unit.kind)
+        self.store.append_record(record.as_dict())
+
+    def placement_env(self) -> dict[str, str]:
+        """What the unit's server needs to use exactly its leased devices."""
+        return self.lease.env() if self.lease is not None else {}
+
+
+@contextlib.contextmanager
+def _affinity(cores: tuple[int, ...]) -> Iterator[None]:
+    """cpu: this worker (and what it starts) runs on the leased cores while the unit runs."""
+    before = os.sched_getaffinity(0)
+    usable = set(cores) & before
+    if not usable:
+        yield
+        return
+    os.sched_setaffinity(0, usable)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def run_loop(session: pytest.Session, interactor: Any, worker: UnitWorker) -> bool:
+    """xdist's worker loop (xdist 3.8 remote.py `pytest_runtestloop`/`run_one_test`), except
+    that the last item of a unit runs at once with no successor (see the module docstring)."""
+    from xdist.remote import Marker
+
+    interactor.channel.setcallback(interactor.handle_command, endmarker=Marker.SHUTDOWN)
+    index = interactor.torun.get()
+    while index is not Marker.SHUTDOWN:
+        ends = worker.ends_batch(index)
+        following = Marker.SHUTDOWN if ends else interactor.torun.get()
+        item = session.items[index]
+        nextitem = None if following is Marker.SHUTDOWN else session.items[following]
+        interactor.item_index = index
+        start = time.perf_counter()
+        try:
+            session.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        finally:
+            if ends or nextitem is None:
+                worker.leave()
+        interactor.sendevent(
+            "runtest_protocol_complete", item_index=index, duration=time.perf_counter() - start
+        )
+        if session.shouldfail or session.shouldstop:
+            break
+        index = interactor.torun.get() if ends else following
+    return True
