@@ -459,13 +459,9 @@ class HarnessSession:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
         if self.units is not None:  # an xdist worker of a unit-scheduled run
-            from xdist.remote import WorkerInteractor
-
             from harness.workplan.worker import run_loop
 
-            plugins = session.config.pluginmanager.get_plugins()
-            interactor = next(p for p in plugins if isinstance(p, WorkerInteractor))
-            return run_loop(session, interactor, self.units)
+            return run_loop(session, self.units)
         if not self.options.plan:
             return None
         pairs = [(cell_of(i), stage_of(i)) for i in session.items]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from harness.cluster import RayCluster
@@ -30,7 +31,18 @@ class LeasedCluster(RayCluster):
         self.lease = lease
 
     def figures(self) -> ClusterFigures:
-        return self.cluster.figures()
+        """The cluster as this unit may use it: what its lease holds counts as free for it (a
+        stage's room check must not fail on the cards its own unit reserved)."""
+        real = self.cluster.figures()
+        res = self.lease.resource
+        held = {n.node_id: float(len(n.devices)) for n in self.lease.nodes}
+        nodes = tuple(
+            replace(n, available={**n.available, res: n.available.get(res, 0.0) + held[n.node_id]})
+            if n.node_id in held else n
+            for n in real.nodes
+        )
+        used = {**real.used, res: max(0.0, real.used.get(res, 0.0) - sum(held.values()))}
+        return ClusterFigures(nodes, real.total, used)
 
     @contextlib.contextmanager
     def reserve(self, placement: Placement, timeout_s: float = 60.0) -> Iterator[Any]:

@@ -68,18 +68,22 @@ def plan_run(
     return build_plan(cells, shape.nodes, shape.cards_per_node, stages)
 
 
-def references(plan: WorkPlan, found: Assignment) -> dict[str, tuple[str, str]]:
-    """`cell::stage` of the unit's node-stage items that refer to the record of the node phase
-    of the nodes it got, instead of measuring them again -> (node phase, the measured cell)."""
-    unit = found.unit
+def references(
+    plan: WorkPlan, found: Assignment, items: Sequence[tuple[str, Stage]]
+) -> dict[str, tuple[str, str]]:
+    """`cell::stage` of the node-stage `items` sent with a unit that refer to the record of the
+    node phase of the unit's nodes instead of measuring them again -> (node phase, the cell
+    whose record it is). The phase's own items measure; every other cell on its nodes refers."""
     out = {}
-    for cell, stage in unit.items:
-        if stage not in NODE_STAGES or unit.kind is UnitKind.NODE:
+    for cell, stage in items:
+        if stage not in NODE_STAGES:
             continue
         for phase in plan.units:
-            covers = set(found.nodes) <= set(phase.demand.pinned)
-            if phase.kind is UnitKind.NODE and cell in phase.cells and covers and phase.items:
+            if phase.kind is not UnitKind.NODE or cell not in phase.cells or not phase.items:
+                continue
+            if (cell, stage) in phase.items:
+                break  # this item is the measurement itself
+            if set(found.nodes) <= set(phase.demand.pinned):
                 out[f"{cell}::{stage.value}"] = (phase.id, phase.items[0][0])
                 break
     return out
-

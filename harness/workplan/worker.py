@@ -135,10 +135,15 @@ def _affinity(cores: tuple[int, ...]) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def run_loop(session: pytest.Session, interactor: Any, worker: UnitWorker) -> bool:
+def run_loop(session: pytest.Session, worker: UnitWorker) -> bool:
     """xdist's worker loop (xdist 3.8 remote.py `pytest_runtestloop`/`run_one_test`), except
-    that the last item of a unit runs at once with no successor (see the module docstring)."""
-    from xdist.remote import Marker
+    that the last item of a unit runs at once with no successor (see the module docstring).
+
+    execnet runs xdist's remote.py as a module of its own in the worker, so its interactor and
+    Marker are found through the plugin manager, not imported."""
+    plugins = session.config.pluginmanager.get_plugins()
+    interactor = next(p for p in plugins if type(p).__name__ == "WorkerInteractor")
+    Marker: Any = type(interactor).run_one_test.__globals__["Marker"]  # noqa: N806
 
     interactor.channel.setcallback(interactor.handle_command, endmarker=Marker.SHUTDOWN)
     index = interactor.torun.get()

@@ -27,6 +27,7 @@ from xdist.workermanage import parse_tx_spec_config
 
 from harness import fileio
 from harness.workplan.dispatch import Dispatcher
+from harness.workplan.dispatch import suite_item
 from harness.workplan.dispatch import write_assignment
 from harness.workplan.run import references
 from harness.workplan.scheduler import Assignment
@@ -174,7 +175,10 @@ class UnitScheduling:
     def _send(self, node: WorkerController, found: Assignment | None, indices: list[int]) -> None:
         if found is not None:
             assert self.dispatcher is not None
-            refs = references(self.dispatcher.scheduler.plan, found)
+            assert self.collection is not None
+            sent = [suite_item(self.collection[i]) for i in indices]
+            items = [pair for pair in sent if pair is not None]
+            refs = references(self.dispatcher.scheduler.plan, found, items)
             write_assignment(self.run_dir, found, indices, refs)
             self.node2unit[node] = found.unit.id
         self.node2pending[node].extend(indices)
