@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -19,6 +20,36 @@ from pathlib import Path
 
 from harness import process_registry
 from harness.errors import HarnessError
+
+_cores: frozenset[int] = frozenset()  # the cores a leased work unit's processes run on
+
+
+@contextlib.contextmanager
+def confined(cores: Iterable[int]) -> Iterator[None]:
+    """Every process started in the block runs on `cores` (a cpu work unit's lease, `pytest
+    -n`); the harness itself is not confined, so its checks still see the host. Cores this
+    process may not use are left out; none left: no confinement."""
+    global _cores
+    before = _cores
+    _cores = frozenset(cores) & frozenset(os.sched_getaffinity(0))
+    try:
+        yield
+    finally:
+        _cores = before
+
+
+def _child_setup() -> Callable[[], None] | None:
+    """The registry's preexec_fn, plus the leased cores as the child's affinity."""
+    base, cores = process_registry.child_setup(), _cores
+    if not cores:
+        return base
+
+    def setup() -> None:  # between fork and exec: a syscall, no imports, no locks
+        os.sched_setaffinity(0, cores)
+        if base is not None:
+            base()
+
+    return setup
 
 
 @dataclass(frozen=True)
@@ -127,7 +158,7 @@ class ManagedProcess:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=process_registry.child_setup(),  # dies with the harness (Linux)
+                preexec_fn=_child_setup(),  # dies with the harness (Linux), on the lease's cores
             )
         except OSError as exc:
             self._log.close()

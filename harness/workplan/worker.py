@@ -4,9 +4,9 @@ The controller (xdist.py) sends a worker all the items of one unit, and writes t
 ticket (dispatch.py) first. When the worker meets the first item of a unit it leases the
 unit's cards through Ray (leases.py) and keeps the lease until the unit's last item has run:
 the server it starts sees exactly the leased devices (`Lease.env()`: HABANA_VISIBLE_MODULES,
-or the cpu cores as VLLM_CPU_OMP_THREADS_BIND), on cpu every process it starts inherits the
-leased cores as its affinity, and a stage's own Ray reservation gets the lease's group
-(leased_cluster.py). The unit's start, end and cards go to results.jsonl as a `unit` line.
+or the cpu cores as VLLM_CPU_OMP_THREADS_BIND), on cpu every process it starts runs on the
+leased cores (harness.process.confined), and a stage's own Ray reservation gets the lease's
+group (leased_cluster.py). The unit's start, end and cards go to results.jsonl as a `unit` line.
 
 xdist's worker loop holds every item until it has the next one (pytest's `nextitem`); the last
 item of a unit is run at once, with no successor, so that its teardown releases the cell's
@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness import cluster
+from harness import process
 from harness.results import RunStore
 from harness.workplan.dispatch import Ticket
 from harness.workplan.dispatch import read_assignment
@@ -94,8 +93,8 @@ class UnitWorker:
         ray = self.ray_for(ticket.unit.cells[0])  # connects this worker to the run's cluster
         lease = self._stack.enter_context(self.manager.lease(ticket.unit, ticket.nodes))
         self._stack.enter_context(cluster.leased_view(LeasedCluster(ray, lease)))
-        if lease.resource == "CPU":
-            self._stack.enter_context(_affinity(lease.nodes[0].devices))
+        if lease.resource == "CPU":  # what the unit starts runs on the leased cores
+            self._stack.enter_context(process.confined(lease.nodes[0].devices))
         self.lease = lease
         return lease
 
@@ -118,21 +117,6 @@ class UnitWorker:
     def placement_env(self) -> dict[str, str]:
         """What the unit's server needs to use exactly its leased devices."""
         return self.lease.env() if self.lease is not None else {}
-
-
-@contextlib.contextmanager
-def _affinity(cores: tuple[int, ...]) -> Iterator[None]:
-    """cpu: this worker (and what it starts) runs on the leased cores while the unit runs."""
-    before = os.sched_getaffinity(0)
-    usable = set(cores) & before
-    if not usable:
-        yield
-        return
-    os.sched_setaffinity(0, usable)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def run_loop(session: pytest.Session, worker: UnitWorker) -> bool:

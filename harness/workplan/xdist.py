@@ -49,12 +49,13 @@ class UnitScheduling:
         log: Any,
         dispatcher_for: Callable[[Sequence[str]], Dispatcher],
         run_dir: Path,
+        numnodes: int | None = None,
     ) -> None:
         self.config = config
         self.log = log
         self.dispatcher_for = dispatcher_for
         self.run_dir = run_dir
-        self.numnodes = len(parse_tx_spec_config(config))
+        self.numnodes = numnodes if numnodes is not None else len(parse_tx_spec_config(config))
         self.node2collection: dict[WorkerController, list[str]] = {}
         self.node2pending: dict[WorkerController, list[int]] = {}
         self.node2unit: dict[WorkerController, str] = {}
@@ -69,7 +70,7 @@ class UnitScheduling:
 
     @property
     def collection_is_completed(self) -> bool:
-        return len(self.node2collection) >= self.numnodes
+        return self.collection is not None or len(self.node2collection) >= self.numnodes
 
     @property
     def tests_finished(self) -> bool:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from harness.process import Command
 from harness.process import CommandFailed
 from harness.process import ManagedProcess
+from harness.process import confined
 from harness.process import run
 from harness.process import started
 
@@ -89,3 +91,18 @@ def test_leaving_the_context_by_exception_stops_the_group(tmp_path):
 def test_a_missing_program_is_a_clear_error(tmp_path):
     with pytest.raises(CommandFailed, match="could not start"):
         run(Command(("/nonexistent/vllm", "serve")), tmp_path / "log", 5)
+
+
+def test_processes_started_while_confined_run_on_the_leased_cores(tmp_path: Path) -> None:
+    """A cpu work unit's lease (pytest -n): what it starts runs on its cores; the harness
+    itself and what starts after the block are not confined."""
+    probe = Command((sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"))
+    host = sorted(os.sched_getaffinity(0))
+    with confined([host[-1]]):
+        inside = run(probe, tmp_path / "inside.log", 60).strip()
+        assert sorted(os.sched_getaffinity(0)) == host  # the harness is not confined
+    after = run(probe, tmp_path / "after.log", 60).strip()
+    assert inside == str([host[-1]])
+    assert after == str(host)
+    with confined([10_000]):  # no usable core: nothing is confined
+        assert run(probe, tmp_path / "none.log", 60).strip() == str(host)

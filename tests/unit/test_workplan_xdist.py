@@ -1,0 +1,130 @@
+"""The xdist controller's unit scheduling driven to the end by simulated workers.
+
+The workers are stand-ins for xdist's WorkerController (what the controller calls on a worker:
+send items, shut down); the plan, the dispatcher, the scheduler and the tickets the workers read
+are the real ones. Each simulated worker runs its items in order, one event at a time, and the
+run must end with every item run once, no two running units on the same card, and no worker
+left waiting.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.matrix import load_matrix
+from harness.workplan.dispatch import Dispatcher
+from harness.workplan.dispatch import read_assignment
+from harness.workplan.plan import build_plan
+from harness.workplan.worker import UnitWorker
+from harness.workplan.xdist import LOOSE
+from harness.workplan.xdist import UnitScheduling
+from harness.workplan.xdist import index_path
+
+
+class Gateway:
+    def __init__(self, name: str) -> None:
+        self.id = name
+
+
+class Worker:
+    """What the controller sees of an xdist worker."""
+
+    def __init__(self, name: str) -> None:
+        self.gateway = Gateway(name)
+        self.shutting_down = False
+        self.queue: list[int] = []
+
+    def send_runtest_some(self, indices: list[int]) -> None:
+        assert not self.shutting_down, "items sent to a worker that was shut down"
+        self.queue.extend(indices)
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+    def __repr__(self) -> str:
+        return self.gateway.id
+
+
+def smoke_collection() -> tuple[list[str], Dispatcher]:
+    cells = load_matrix("smoke-cpu").cells
+    collection = [
+        f"suites/test_{s.value}.py::test_{s.value}[{c.id}]" for c in cells for s in c.stages
+    ]
+    return collection, Dispatcher(build_plan(cells, 1, 2), collection)
+
+
+def held_cards(run_dir: Path, dispatcher: Dispatcher) -> dict[str, set[tuple[int, int]]]:
+    return {
+        unit: {(n, c) for n, cards in found.cards.items() for c in cards}
+        for unit, found in dispatcher.scheduler.running.items()
+    }
+
+
+def test_two_workers_run_every_item_once_on_disjoint_cards(tmp_path: Path) -> None:
+    collection, dispatcher = smoke_collection()
+    sched = UnitScheduling(None, lambda *a: None, lambda items: dispatcher, tmp_path, numnodes=2)
+    workers = [Worker("gw0"), Worker("gw1")]
+    for w in workers:
+        sched.add_node(w)  # type: ignore[arg-type]
+        sched.add_node_collection(w, collection)  # type: ignore[arg-type]
+    assert sched.collection_is_completed
+    sched.schedule()
+    ran: list[int] = []
+    concurrent = 0
+    steps = 0
+    while not sched.tests_finished:
+        steps += 1
+        assert steps < 1000, "the run does not end"
+        busy = [w for w in workers if w.queue]
+        assert busy, "nothing runs and the run is not finished"
+        held = held_cards(tmp_path, dispatcher)
+        cards = [c for hs in held.values() for c in hs]
+        assert len(cards) == len(set(cards)), f"two units hold one card: {held}"
+        concurrent = max(concurrent, len(held))
+        worker = busy[steps % len(busy)]  # interleave the workers
+        index = worker.queue.pop(0)
+        ran.append(index)
+        sched.mark_test_complete(worker, index)  # type: ignore[arg-type]
+    assert sorted(ran) == list(range(len(collection)))
+    assert all(w.shutting_down for w in workers)
+    assert concurrent == 2  # the two TP1 tiny-llama units held one core each at once
+    # the node phase ran first, alone
+    first = json.loads(index_path(tmp_path).read_text())[str(ran[0])]
+    assert first == "node/cpu/n1/0"
+    ticket = read_assignment(tmp_path, "node/cpu/n1/0")
+    assert ticket is not None and ticket.unit.demand.cards == 2 and ticket.nodes == (0,)
+
+
+def test_a_unit_whose_worker_died_frees_its_cards_and_the_rest_goes_on(tmp_path: Path) -> None:
+    collection, dispatcher = smoke_collection()
+    sched = UnitScheduling(None, lambda *a: None, lambda items: dispatcher, tmp_path, numnodes=2)
+    gw0, gw1 = Worker("gw0"), Worker("gw1")
+    for w in (gw0, gw1):
+        sched.add_node(w)  # type: ignore[arg-type]
+        sched.add_node_collection(w, collection)  # type: ignore[arg-type]
+    sched.schedule()
+    owner = gw0 if gw0.queue else gw1
+    other = gw1 if owner is gw0 else gw0
+    assert not other.queue  # the node phase holds the whole node: nothing else runs
+    crashed = sched.remove_node(owner)  # type: ignore[arg-type]
+    assert crashed == collection[owner.queue[0]]  # reported as the crashed item
+    assert "node/cpu/n1/0" not in dispatcher.scheduler.running  # its cards are free again
+    assert other.queue  # and the next unit went to the live worker
+    while other.queue:
+        sched.mark_test_complete(other, other.queue.pop(0))  # type: ignore[arg-type]
+    assert sched.tests_finished and other.shutting_down
+
+
+def test_a_worker_knows_the_last_item_of_each_unit(tmp_path: Path) -> None:
+    collection, dispatcher = smoke_collection()
+    sched = UnitScheduling(None, lambda *a: None, lambda items: dispatcher, tmp_path, numnodes=1)
+    gw0 = Worker("gw0")
+    sched.add_node(gw0)  # type: ignore[arg-type]
+    sched.add_node_collection(gw0, collection)  # type: ignore[arg-type]
+    sched.schedule()
+    worker = UnitWorker(tmp_path, None, None, lambda cell: None)  # type: ignore[arg-type]
+    sent = list(gw0.queue)
+    assert [worker.ends_batch(i) for i in sent] == [False] * (len(sent) - 1) + [True]
+    assert worker.batch_of(sent[0]) == "node/cpu/n1/0"
+    assert worker.batch_of(10_000) == LOOSE
