@@ -128,3 +128,44 @@ def test_a_worker_knows_the_last_item_of_each_unit(tmp_path: Path) -> None:
     assert [worker.ends_batch(i) for i in sent] == [False] * (len(sent) - 1) + [True]
     assert worker.batch_of(sent[0]) == "node/cpu/n1/0"
     assert worker.batch_of(10_000) == LOOSE
+
+
+def test_the_two_tp1_cells_share_the_host_and_the_moe_cell_takes_it_after(tmp_path: Path) -> None:
+    """smoke-cpu on 2 cores, by a real clock's order of events: once the MoE calibration ends,
+    the FP8 TP1 cell starts beside its running BF16 twin (relaxed backfilling) instead of
+    leaving a core idle until the BF16 cell ends; the TP2/EP2 MoE cell runs on both after."""
+    cells = load_matrix("smoke-cpu").cells
+    collection = [
+        f"suites/test_{s.value}.py::test_{s.value}[{c.id}]" for c in cells for s in c.stages
+    ]
+    now = [0.0]
+    dispatcher = Dispatcher(build_plan(cells, 1, 2), collection, clock=lambda: now[0])
+
+    def start() -> str | None:
+        batch = dispatcher.next_unit()
+        return batch[0].unit.id if batch and batch[0] else None
+
+    def finish(unit: str) -> None:
+        for index in dispatcher.items[unit]:
+            dispatcher.complete(index)
+
+    assert start() == "node/cpu/n1/0"
+    assert start() is None
+    now[0] = 10
+    finish("node/cpu/n1/0")
+    calibration = start()
+    assert calibration is not None and calibration.startswith("calibration/tiny-llama")
+    now[0] = 27
+    finish(calibration)
+    pair = {start(), start()}
+    assert pair == {"serving/tiny-llama/cpu/tp1/bf16-kv-auto",
+                    next(u for u in dispatcher.items if u.startswith("calibration/tiny-moe"))}
+    now[0] = 30
+    finish(next(u for u in pair if u and u.startswith("calibration/")))
+    assert start() == "serving/tiny-llama/cpu/tp1/fp8-kv-fp8"
+    now[0] = 130
+    finish("serving/tiny-llama/cpu/tp1/bf16-kv-auto")
+    assert start() is None  # the MoE cell needs both cores
+    now[0] = 135
+    finish("serving/tiny-llama/cpu/tp1/fp8-kv-fp8")
+    assert start() == "serving/tiny-moe/cpu/tp2-ep2/fp8-kv-fp8"
