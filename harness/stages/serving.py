@@ -120,9 +120,11 @@ def serve(
             if isinstance(exc, StageError | StageSkipped):
                 raise
             raise StageError(cell.id, Stage.SERVING.value, str(exc)) from None
+        leased = sorted((placement_env or {}).items())
+        placed = {"placement": " ".join(f"{k}={v}" for k, v in leased)} if leased else {}
         yield ServerHandle(
             cell.id, server.base_url, spec.served_name, server.log_path, server,
-            dict(spec.facts),
+            {**spec.facts, **placed},
         )
 
 
