@@ -65,6 +65,7 @@ if TYPE_CHECKING:  # the history package (SQLAlchemy) loads only when a run uses
     from harness.workplan.run import ClusterShape
     from harness.workplan.units import WorkPlan
     from harness.workplan.worker import UnitWorker
+    from harness.workplan.xdist import UnitScheduling
 
 STAGE_MARKERS = {s.value: s for s in Stage}
 PLUGIN_NAME = "harness-session"
@@ -188,6 +189,7 @@ class HarnessSession:
         self.plan: WorkPlan | None = None
         self.shape: ClusterShape | None = None
         self.units: UnitWorker | None = None
+        self.scheduling: UnitScheduling | None = None  # the xdist controller's, with -n
         self._index: dict[str, int] = {}  # a worker's item nodeid -> its collection index
 
     # selection and order ---------------------------------------------------------------
@@ -422,7 +424,15 @@ class HarnessSession:
         from harness.workplan.xdist import UnitScheduling
 
         plan = self.plan
-        return UnitScheduling(config, log, lambda items: Dispatcher(plan, items), self.store.dir)
+        self.scheduling = UnitScheduling(
+            config, log, lambda items: Dispatcher(plan, items), self.store.dir
+        )
+        return self.scheduling
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Controller: a failed item of a node phase keeps later units off its nodes."""
+        if report.failed and self.scheduling is not None:
+            self.scheduling.note_failed(report.nodeid)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:

@@ -75,6 +75,7 @@ class Dispatcher:
             unit_id = _unit_of(plan, key(nodeid))
             (self.items[unit_id] if unit_id else self.loose).append(index)
         self._left: dict[str, set[int]] = {}
+        self._failed: set[str] = set()  # units with a failed item
         self._unit_of_index = {i: u for u, idx in self.items.items() for i in idx}
 
     def next_unit(self) -> tuple[Assignment | None, list[int]] | None:
@@ -100,8 +101,17 @@ class Dispatcher:
         if self._left[unit_id]:
             return None
         del self._left[unit_id]
-        self.scheduler.finish(unit_id)
+        failed = unit_id in self._failed and self.scheduler.plan.unit(unit_id).kind is UnitKind.NODE
+        self.scheduler.finish(unit_id, ok=not failed)
         return unit_id
+
+    def failed(self, index: int) -> None:
+        """Item `index` failed. A node phase with a failed item ends failed: the units that could
+        only land on its nodes are blocked (never run; the run's end record lists them). Other
+        units end as done: a cell's failure does not stop the cells that wait for it."""
+        unit_id = self._unit_of_index.get(index)
+        if unit_id is not None:
+            self._failed.add(unit_id)
 
     @property
     def finished(self) -> bool:

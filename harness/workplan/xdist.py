@@ -15,6 +15,7 @@ record), and the other workers go on.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -108,6 +109,12 @@ class UnitScheduling:
         if self.dispatcher.complete(item_index) is not None or not pending:
             self.node2unit.pop(node, None)
         self._fill()
+
+    def note_failed(self, nodeid: str) -> None:
+        """A worker reported item `nodeid` failed (before it reports the item complete)."""
+        if self.collection is not None and self.dispatcher is not None:
+            with contextlib.suppress(ValueError):
+                self.dispatcher.failed(self.collection.index(nodeid))
 
     def mark_test_pending(self, item: str) -> None:
         raise NotImplementedError("unit scheduling does not take items back")

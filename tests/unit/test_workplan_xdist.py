@@ -169,3 +169,21 @@ def test_the_two_tp1_cells_share_the_host_and_the_moe_cell_takes_it_after(tmp_pa
     now[0] = 135
     finish("serving/tiny-llama/cpu/tp1/fp8-kv-fp8")
     assert start() == "serving/tiny-moe/cpu/tp2-ep2/fp8-kv-fp8"
+
+
+def test_a_failed_node_phase_keeps_the_units_off_its_nodes_and_the_run_ends(tmp_path: Path) -> None:
+    collection, dispatcher = smoke_collection()
+    sched = UnitScheduling(None, lambda *a: None, lambda items: dispatcher, tmp_path, numnodes=1)
+    gw0 = Worker("gw0")
+    sched.add_node(gw0)  # type: ignore[arg-type]
+    sched.add_node_collection(gw0, collection)  # type: ignore[arg-type]
+    sched.schedule()
+    node_items = list(gw0.queue)
+    assert all("preflight" in collection[i] or "collectives" in collection[i] for i in node_items)
+    sched.note_failed(collection[node_items[0]])  # the preflight failed
+    for index in node_items:
+        gw0.queue.remove(index)
+        sched.mark_test_complete(gw0, index)  # type: ignore[arg-type]
+    assert not gw0.queue and gw0.shutting_down and sched.tests_finished
+    assert dispatcher.scheduler.failed == {"node/cpu/n1/0"}
+    assert len(dispatcher.scheduler.blocked) == len(dispatcher.items) - 1  # nothing else ran
