@@ -402,11 +402,14 @@ class HarnessSession:
         self.open_store()
         self.store.append_record(self.shape.as_record())
 
-    def join_units(self, resource: str) -> None:
-        """Worker: lease each unit's cards while its items run (harness/workplan/worker.py)."""
+    def join_units(self, resource: str, address: str) -> None:
+        """Worker: lease each unit's cards while its items run (harness/workplan/worker.py), on
+        the controller's Ray cluster at `address`."""
+        from harness.workplan import run
         from harness.workplan.leases import LeaseManager
         from harness.workplan.worker import UnitWorker
 
+        run.join(address)
         cells = {c.id: c for c in self.matrix.cells}
         self.units = UnitWorker(
             self.store.dir,
@@ -441,6 +444,7 @@ class HarnessSession:
         node.workerinput["harness_run_id"] = self.store.run_id
         if self.shape is not None:
             node.workerinput["harness_units"] = self.shape.resource
+            node.workerinput["harness_ray_address"] = self.shape.address
 
     def _enter_unit(self, item: pytest.Item, cell: Cell, stage: Stage, rec: Recorder) -> None:
         """Worker: hold the item's unit's cards; a node stage whose nodes a node phase measured
@@ -547,8 +551,13 @@ class HarnessSession:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        """Give the signal handlers back (in-process runs, e.g. pytester, must not stack them)."""
+        """Give the signal handlers back (in-process runs, e.g. pytester, must not stack them);
+        the controller of a `-n` run stops the Ray cluster it started (or leaves a joined one)."""
         self.signals.uninstall()
+        if self.shape is not None:
+            from harness import cluster
+
+            cluster.shutdown_shared()
 
     def _against_history(self) -> AgainstHistory | None:
         """This run's gated figures against their history's noise, with the change points."""

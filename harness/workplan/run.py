@@ -47,18 +47,22 @@ class ClusterShape:
 
 
 def start_cluster(backend: Backend, cells: Sequence[Cell], run_id: str) -> ClusterShape:
-    """The run's Ray cluster (started for the widest cell, or joined), exported as RAY_ADDRESS
-    for the workers; leases left by dead holders of earlier runs are removed first."""
+    """The run's Ray cluster (started for the widest cell, or joined); its address goes to the
+    workers (`join`); leases left by dead holders of earlier runs are removed first."""
     widest = max(cells, key=lambda c: c.nodes)
     resource = backend.ray_placement(widest, widest.nodes).resource
     ray = backend.ray_cluster(widest)
-    os.environ["RAY_ADDRESS"] = ray.address
     LeaseManager(run_id, resource).remove_leftovers()
     nodes = alive_nodes(resource)
     if not nodes:
         raise PlanError(f"the Ray cluster at {ray.address} has no node with {resource}")
     cards = min(int(n["Resources"][resource]) for n in nodes)
     return ClusterShape(resource, len(nodes), cards, ray.address)
+
+
+def join(address: str) -> None:
+    """A worker: its Ray work (leases, a stage's own) goes to the controller's cluster."""
+    os.environ["RAY_ADDRESS"] = address
 
 
 def plan_run(

@@ -68,7 +68,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_every_stage_passes(run: dict[str, Any]) -> None:
     failed = {k: v["message"][:300] for k, v in run["by"].items() if v["status"] != "passed"}
     assert not failed and run["proc"].returncode == 0, (failed, run["proc"].stdout[-3000:])
-    assert set(run["by"]) == {(c, s) for c in (BF16, FP8) for s in STAGES}
+    expected = {(c, s) for c in (BF16, FP8) for s in STAGES} - {(BF16, "calibration")}
+    assert set(run["by"]) == expected  # a BF16 cell has no calibration
 
 
 def test_the_two_cells_served_at_once_on_disjoint_cores(run: dict[str, Any]) -> None:
