@@ -23,6 +23,8 @@ from harness.report.qualification import Run
 from harness.report.qualification import context_rows
 from harness.report.qualification import verdict
 from harness.results import StageResult
+from harness.results import read_records
+from harness.workplan.figures import units_table
 
 REPORT_HTML = "report.html"
 ATTENTION = {"failed": 0, "unknown": 1}  # gates listed first; the rest keep their order
@@ -171,6 +173,18 @@ def _siblings(run_dir: Path) -> str:
     return f"<p>files: {' · '.join(k.link(n, n) for n in names)}</p>" if names else ""
 
 
+def _units(run_dir: Path) -> str:
+    """A `pytest -n` run's work units: makespan, utilisation, one row a unit ("" without)."""
+    path = run_dir / "results.jsonl"
+    table = units_table(read_records(path)) if path.is_file() else None
+    if table is None:
+        return ""
+    rows = [[escape(c) for c in row] for row in table.rows]
+    clash = k.para("Cards held by two units at once: " + "; ".join(table.clashes), "missing")
+    body = k.para(table.headline) + k.table(list(table.header), rows)
+    return k.section("Work units", body + (clash if table.clashes else ""), ident="units")
+
+
 def _context(run: Run) -> str:
     return k.table(["", "value"], [[escape(a), escape(str(b))] for a, b in context_rows(run)])
 
@@ -204,6 +218,7 @@ def render_html(run: Run, history: Sequence[Run] = (), run_dir: Path | None = No
         k.section("Calibration", figs.calibration(run, run_dir), ident="calibration"),
         k.section("Failures and skips", _failures(run, run_dir), ident="failures"),
         k.section("Trend", figs.trend(run, list(history)), ident="trend") if history else "",
+        _units(run_dir),
         k.section("Run context and stack", _context(run), ident="run"),
         k.section("Stage details", _details(run, run_dir), ident="details"),
     ]

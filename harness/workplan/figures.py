@@ -98,9 +98,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.0f} s"
 
 
-def units_section(records: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The run's work units for summary.md and report.md (none: a run without `-n`): the
-    figures, then one row a unit."""
+@dataclass(frozen=True)
+class UnitsTable:
+    """A `pytest -n` run's units as report.md, summary.md and report.html show them."""
+
+    headline: str
+    header: tuple[str, ...]
+    rows: list[list[str]]
+    clashes: list[str]  # cards held by two units at once (must be none)
+
+
+def units_table(records: Iterable[Mapping[str, Any]]) -> UnitsTable | None:
+    """The figures and one row a unit, from results.jsonl's `unit` and `cluster` lines (None:
+    a run without units)."""
     units: list[UnitRecord] = []
     cluster: Mapping[str, Any] = {}
     for rec in records:
@@ -109,27 +119,34 @@ def units_section(records: Iterable[Mapping[str, Any]]) -> list[str]:
         elif rec.get("kind") == "cluster":
             cluster = rec
     if not units:
-        return []
+        return None
     nodes, per_node = int(cluster.get("nodes", 0)), int(cluster.get("cards_per_node", 0))
     figures = run_figures(units, nodes * per_node)
     origin = min(u.start for u in units)
-    lines = [
-        "## Work units (cells in parallel)",
-        "",
+    headline = (
         f"{len(units)} units on {nodes} node(s) x {per_node} {cluster.get('resource', 'card')}"
         f": makespan {_duration(figures.makespan_s)}, sum of unit times "
         f"{_duration(figures.unit_seconds)}, utilisation {100 * figures.utilisation:.0f}% "
-        "(card-seconds busy / card-seconds available)",
-        "",
-        "| unit | kind | start | time | cards (node:card) |",
-        "|---|---|---|---|---|",
+        "(card-seconds busy / card-seconds available)"
+    )
+    rows = [
+        [u.unit, u.kind, f"+{u.start - origin:.0f} s", f"{u.seconds:.0f} s",
+         " ".join(f"{n}:{c}" for n, c in u.cards) or "-"]
+        for u in sorted(units, key=lambda u: u.start)
     ]
-    for u in sorted(units, key=lambda u: u.start):
-        cards = " ".join(f"{n}:{c}" for n, c in u.cards) or "-"
-        lines.append(f"| {u.unit} | {u.kind} | +{u.start - origin:.0f} s | {u.seconds:.0f} s "
-                     f"| {cards} |")
-    clash = overlaps(units)
-    if clash:
-        lines += ["", "**Cards held by two units at once:** "
-                  + "; ".join(f"{a} and {b} on {c}" for a, b, c in clash)]
+    clashes = [f"{a} and {b} on {c}" for a, b, c in overlaps(units)]
+    return UnitsTable(headline, ("unit", "kind", "start", "time", "cards (node:card)"), rows,
+                      clashes)
+
+
+def units_section(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The units as Markdown lines for summary.md and report.md (none: a run without `-n`)."""
+    table = units_table(records)
+    if table is None:
+        return []
+    lines = ["## Work units (cells in parallel)", "", table.headline, "",
+             "| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    if table.clashes:
+        lines += ["", "**Cards held by two units at once:** " + "; ".join(table.clashes)]
     return lines

@@ -187,3 +187,30 @@ def test_a_failed_node_phase_keeps_the_units_off_its_nodes_and_the_run_ends(tmp_
     assert not gw0.queue and gw0.shutting_down and sched.tests_finished
     assert dispatcher.scheduler.failed == {"node/cpu/n1/0"}
     assert len(dispatcher.scheduler.blocked) == len(dispatcher.items) - 1  # nothing else ran
+
+
+def test_the_units_section_gives_makespan_sum_and_utilisation(tmp_path: Path) -> None:
+    from harness.report.html import _units
+    from harness.workplan.figures import UnitRecord
+    from harness.workplan.figures import units_section
+
+    records = [
+        {"kind": "run", "run_id": "r"},
+        {"kind": "cluster", "resource": "CPU", "nodes": 1, "cards_per_node": 2},
+        UnitRecord("node/cpu/n1/0", 100.0, 110.0, ((0, 0), (0, 1)), "node").as_dict(),
+        UnitRecord("serving/a", 110.0, 210.0, ((0, 0),), "serving").as_dict(),
+        UnitRecord("serving/b", 110.0, 160.0, ((0, 1),), "serving").as_dict(),
+    ]
+    lines = units_section(records)
+    # makespan 110 s; units 10 + 100 + 50 s; busy 20 + 100 + 50 of 2 x 110 card-seconds
+    assert "makespan 110 s, sum of unit times 160 s, utilisation 77%" in lines[2]
+    assert lines[6] == "| node/cpu/n1/0 | node | +0 s | 10 s | 0:0 0:1 |"
+    assert not any("two units at once" in line for line in lines)
+    clash = [*records, UnitRecord("serving/c", 150.0, 170.0, ((0, 1),), "serving").as_dict()]
+    assert "serving/b and serving/c on (0, 1)" in units_section(clash)[-1]
+    assert units_section(records[:2]) == []
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    html = _units(tmp_path)
+    assert 'id="units"' in html and "utilisation 77%" in html and "serving/b" in html
+    (tmp_path / "results.jsonl").write_text(json.dumps(records[0]) + "\n")
+    assert _units(tmp_path) == ""
