@@ -43,22 +43,6 @@ def await_record(
         sleep(poll_s)
 
 
-def wait_for_twin(
-    references: References,
-    store: RunStore,
-    cell: Cell,
-    stage: str,
-    timeout_s: float,
-    poll_s: float = 5.0,
-    sleep: Sleep = time.sleep,
-    clock: Clock = time.monotonic,
-) -> Reference:
-    """The twin's reference once it recorded `stage` (or the timeout passed: then the lookup
-    says it had not recorded it yet, and the gate is UNKNOWN, never a pass)."""
-    await_record(store, bf16_twin_id(cell.id), stage, timeout_s, poll_s, sleep, clock)
-    return references.bf16_for(cell, stage)
-
-
 class TwinWaitingReferences:
     """`references` for a run whose cells go in parallel: a lookup of a twin this run runs
     (`running`: its (cell, stage) pairs) first waits for the twin's record."""
@@ -70,17 +54,19 @@ class TwinWaitingReferences:
         running: Collection[tuple[str, str]],
         timeout_s: Callable[[str], float],
         poll_s: float = 5.0,
+        sleep: Sleep = time.sleep,
     ) -> None:
         self.references = references
         self.store = store
         self.running = frozenset(running)
         self.timeout_s = timeout_s  # the cell id -> how long its twin may take
         self.poll_s = poll_s
+        self.sleep = sleep
 
     def _wait(self, cell_id: str, stage: str) -> None:
         twin = bf16_twin_id(cell_id)
         if twin != cell_id and (twin, stage) in self.running:
-            await_record(self.store, twin, stage, self.timeout_s(cell_id), self.poll_s)
+            await_record(self.store, twin, stage, self.timeout_s(cell_id), self.poll_s, self.sleep)
 
     def bf16_for(self, cell: Cell, stage: str) -> Reference:
         self._wait(cell.id, stage)

@@ -28,7 +28,7 @@ from harness.workplan.plan import build_plan
 from harness.workplan.plan import plain_key
 from harness.workplan.scheduler import Scheduler
 from harness.workplan.scheduler import simulate
-from harness.workplan.twins import wait_for_twin
+from harness.workplan.twins import TwinWaitingReferences
 from harness.workplan.units import Demand
 from harness.workplan.units import PlanError
 from harness.workplan.units import UnitKind
@@ -212,7 +212,7 @@ def test_a_failed_unit_blocks_its_dependants_and_frees_its_cards() -> None:
     assert sched.start_next() is not None  # its cards are free again
 
 
-def test_wait_for_twin_polls_the_store(tmp_path: Path) -> None:
+def test_an_fp8_lookup_waits_for_the_twin_running_beside_it(tmp_path: Path) -> None:
     cell = next(
         c for c in load_matrix("smoke-cpu").cells if c.id == "tiny-llama/cpu/tp1/fp8-kv-fp8"
     )
@@ -227,10 +227,16 @@ def test_wait_for_twin_polls_the_store(tmp_path: Path) -> None:
         if len(polls) == 2:
             store.append(passed_result(twin))
 
-    ref = wait_for_twin(refs, store, cell, "accuracy", timeout_s=60, poll_s=1, sleep=sleep)
+    running = [(twin, "accuracy"), (cell.id, "accuracy")]
+    waiting = TwinWaitingReferences(refs, store, running, lambda c: 60.0, poll_s=1, sleep=sleep)
+    ref = waiting.bf16_for(cell, "accuracy")
     assert ref.metrics == {"exact_match_strict": 0.5} and len(polls) == 2
-    missing = wait_for_twin(NoReferences(), store, cell, "accuracy", timeout_s=0.0, sleep=sleep)
-    assert missing.metrics is None
+    # a twin this run does not run is not waited for; one that never records: until the timeout
+    alone = TwinWaitingReferences(NoReferences(), store, [], lambda c: 60.0, sleep=sleep)
+    assert alone.bf16_for(cell, "accuracy").metrics is None and len(polls) == 2
+    stalled = TwinWaitingReferences(NoReferences(), store, [(twin, "throughput")],
+                                    lambda c: 0.0, sleep=sleep)
+    assert stalled.bf16_for(cell, "throughput").metrics is None and len(polls) == 2
 
 
 def test_run_figures() -> None:
