@@ -448,27 +448,36 @@ class HarnessSession:
 
     def _enter_unit(self, item: pytest.Item, cell: Cell, stage: Stage, rec: Recorder) -> None:
         """Worker: hold the item's unit's cards; a node stage whose nodes a node phase measured
-        refers to that record; a cell whose earlier stage failed on another worker stops."""
+        refers to that record; a cell whose earlier stage failed in another unit stops."""
         units = self.units
         assert units is not None
         if not self._index:
             self._index = {i.nodeid: n for n, i in enumerate(item.session.items)}
+        before = units.ticket
         try:
             units.enter(self._index[item.nodeid])
         except HarnessError as exc:
             pytest.fail(str(exc), pytrace=False)
         self.cells.placement_env = units.placement_env()
         ticket = units.ticket
-        ref = ticket.references.get(f"{cell.id}::{stage.value}") if ticket else None
+        if ticket is None:
+            return
+        ref = ticket.references.get(f"{cell.id}::{stage.value}")
         if ref is not None:
             found = self.store.latest(ref[1], stage.value)
             rec.referenced = (found, ref[0]) if found is not None else None
-        if cell.id not in self.failures:
-            for earlier in stage_results(self.store.path):
-                if earlier.cell == cell.id and earlier.status == "failed" and (
-                    Stage(earlier.stage).order < stage.order
-                ):
-                    self.failures[cell.id] = f"{earlier.stage} failed (another worker)"
+        if ticket is not before:  # a new unit: did its cells' earlier stages fail elsewhere?
+            sent = {(c, s.value) for c, s in ticket.unit.items}
+            for cell_id, name in self._selected_pairs:
+                elsewhere = (cell_id, name) not in sent and f"{cell_id}::{name}" not in (
+                    ticket.references
+                )
+                if cell_id in ticket.unit.cells and elsewhere:
+                    found = self.store.latest(cell_id, name)
+                    if found is not None and found.status == "failed":
+                        self.failures.setdefault(
+                            cell_id, f"{name} failed: {one_line(found.message, cell_id)}"
+                        )
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
