@@ -57,15 +57,12 @@ from harness.run_ending import ending_line
 from harness.run_ending import signals_deferred
 from harness.stages.base import Recorder
 from harness.stages.base import StageContext
+from harness.workplan.session_units import UnitSession
 
 if TYPE_CHECKING:  # the history package (SQLAlchemy) loads only when a run uses it
     from harness.history.context import RunContext
     from harness.history.writer import HistoryWriter
     from harness.report.against_history import AgainstHistory
-    from harness.workplan.run import ClusterShape
-    from harness.workplan.units import WorkPlan
-    from harness.workplan.worker import UnitWorker
-    from harness.workplan.xdist import UnitScheduling
 
 STAGE_MARKERS = {s.value: s for s in Stage}
 PLUGIN_NAME = "harness-session"
@@ -147,7 +144,7 @@ def _git_commit(root: Path) -> str:
     return out.stdout.strip()
 
 
-class HarnessSession:
+class HarnessSession(UnitSession):
     """The run's matrix, backend, store and per-cell resources; a pytest plugin object."""
 
     def __init__(
@@ -184,13 +181,6 @@ class HarnessSession:
             self.history = HistoryWriter(options.history_url)
         self.like: RunContext | None = None  # this run's context, for like-with-like history
         self.regressions: list[str] = []  # against --baseline, set at session end
-        # `pytest -n N`: the controller's plan of work units on the run's Ray cluster, and a
-        # worker's unit leases (harness/workplan/); both None in a run without -n
-        self.plan: WorkPlan | None = None
-        self.shape: ClusterShape | None = None
-        self.units: UnitWorker | None = None
-        self.scheduling: UnitScheduling | None = None  # the xdist controller's, with -n
-        self._index: dict[str, int] = {}  # a worker's item nodeid -> its collection index
 
     # selection and order ---------------------------------------------------------------
     def cells_for(self, stage: Stage) -> list[Cell]:
@@ -387,56 +377,6 @@ class HarnessSession:
         cell, stage = cell_of(item), stage_of(item)
         return cell is not None and stage is not None and (cell.id, stage.value) in self.done
 
-    # `pytest -n N`: work units on the run's Ray cluster (harness/workplan/) ----------------
-    def plan_units(self) -> None:
-        """Controller: start or join the run's Ray cluster, plan the selected cells onto it (a
-        cell that cannot fit is a HarnessError naming it) and record the cluster's shape."""
-        from harness.workplan import run
-
-        cells = [c for s in Stage for c in self.cells_for(s)]
-        cells = list({c.id: c for c in cells}.values())
-        if not cells:
-            return
-        self.shape = run.start_cluster(self.backend, cells, self.store.run_id)
-        self.plan = run.plan_run(cells, self.options.stages, self.shape)
-        self.open_store()
-        self.store.append_record(self.shape.as_record())
-
-    def join_units(self, resource: str, address: str) -> None:
-        """Worker: lease each unit's cards while its items run (harness/workplan/worker.py), on
-        the controller's Ray cluster at `address`."""
-        from harness.workplan import run
-        from harness.workplan.leases import LeaseManager
-        from harness.workplan.worker import UnitWorker
-
-        run.join(address)
-        cells = {c.id: c for c in self.matrix.cells}
-        self.units = UnitWorker(
-            self.store.dir,
-            self.store,
-            LeaseManager(self.store.run_id, resource),
-            lambda cell_id: self.backend.ray_cluster(cells[cell_id]),
-        )
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
-        """xdist: whole work units to idle workers as the plan allows (harness/workplan/)."""
-        if self.plan is None:
-            return None
-        from harness.workplan.dispatch import Dispatcher
-        from harness.workplan.xdist import UnitScheduling
-
-        plan = self.plan
-        self.scheduling = UnitScheduling(
-            config, log, lambda items: Dispatcher(plan, items), self.store.dir
-        )
-        return self.scheduling
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Controller: a failed item of a node phase keeps later units off its nodes."""
-        if report.failed and self.scheduling is not None:
-            self.scheduling.note_failed(report.nodeid)
-
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         """xdist: every worker appends to the controller's run, in its units."""
@@ -445,39 +385,6 @@ class HarnessSession:
         if self.shape is not None:
             node.workerinput["harness_units"] = self.shape.resource
             node.workerinput["harness_ray_address"] = self.shape.address
-
-    def _enter_unit(self, item: pytest.Item, cell: Cell, stage: Stage, rec: Recorder) -> None:
-        """Worker: hold the item's unit's cards; a node stage whose nodes a node phase measured
-        refers to that record; a cell whose earlier stage failed in another unit stops."""
-        units = self.units
-        assert units is not None
-        if not self._index:
-            self._index = {i.nodeid: n for n, i in enumerate(item.session.items)}
-        before = units.ticket
-        try:
-            units.enter(self._index[item.nodeid])
-        except HarnessError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        self.cells.placement_env = units.placement_env()
-        ticket = units.ticket
-        if ticket is None:
-            return
-        ref = ticket.references.get(f"{cell.id}::{stage.value}")
-        if ref is not None:
-            found = self.store.latest(ref[1], stage.value)
-            rec.referenced = (found, ref[0]) if found is not None else None
-        if ticket is not before:  # a new unit: did its cells' earlier stages fail elsewhere?
-            sent = {(c, s.value) for c, s in ticket.unit.items}
-            for cell_id, name in self._selected_pairs:
-                elsewhere = (cell_id, name) not in sent and f"{cell_id}::{name}" not in (
-                    ticket.references
-                )
-                if cell_id in ticket.unit.cells and elsewhere:
-                    found = self.store.latest(cell_id, name)
-                    if found is not None and found.status == "failed":
-                        self.failures.setdefault(
-                            cell_id, f"{name} failed: {one_line(found.message, cell_id)}"
-                        )
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:

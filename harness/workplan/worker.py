@@ -19,6 +19,9 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from collections.abc import Collection
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,9 @@ import pytest
 
 from harness import cluster
 from harness import process
+from harness.recording import one_line
 from harness.results import RunStore
+from harness.results import StageResult
 from harness.workplan.dispatch import Ticket
 from harness.workplan.dispatch import read_assignment
 from harness.workplan.figures import UnitRecord
@@ -37,6 +42,16 @@ from harness.workplan.xdist import LOOSE
 from harness.workplan.xdist import index_path
 
 RayFor = Callable[[str], cluster.RayCluster]  # a cell id -> the session's Ray cluster
+
+
+@dataclass(frozen=True)
+class ItemSetup:
+    """What the session needs before an item of a unit runs."""
+
+    # a node stage whose nodes the node phase measured: that record and the phase's id
+    referenced: tuple[StageResult, str] | None = None
+    # a new unit: its cells whose stages run in another unit (calibration) failed there
+    failed_elsewhere: dict[str, str] = field(default_factory=dict)
 
 
 class UnitWorker:
@@ -97,6 +112,32 @@ class UnitWorker:
             self._stack.enter_context(process.confined(lease.nodes[0].devices))
         self.lease = lease
         return lease
+
+    def setup(
+        self, index: int, cell_id: str, stage: str, selected: Collection[tuple[str, str]]
+    ) -> ItemSetup:
+        """Enter item `index`'s unit; say what it refers to and what failed in other units.
+        `selected`: the run's (cell, stage) items."""
+        before = self.ticket
+        self.enter(index)
+        ticket = self.ticket
+        if ticket is None:
+            return ItemSetup()
+        referenced = None
+        ref = ticket.references.get(f"{cell_id}::{stage}")
+        if ref is not None:
+            found = self.store.latest(ref[1], stage)
+            referenced = (found, ref[0]) if found is not None else None
+        failed: dict[str, str] = {}
+        if ticket is not before:
+            sent = {(c, s.value) for c, s in ticket.unit.items}
+            for cell, name in selected:
+                elsewhere = (cell, name) not in sent and f"{cell}::{name}" not in ticket.references
+                if cell in ticket.unit.cells and elsewhere:
+                    found = self.store.latest(cell, name)
+                    if found is not None and found.status == "failed":
+                        failed.setdefault(cell, f"{name} failed: {one_line(found.message, cell)}")
+        return ItemSetup(referenced, failed)
 
     def leave(self) -> None:
         """After the unit's last item: release the cards and record the unit as it ran."""
