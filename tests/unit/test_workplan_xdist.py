@@ -54,7 +54,18 @@ def smoke_collection() -> tuple[list[str], Dispatcher]:
     return collection, Dispatcher(build_plan(cells, 1, 2), collection)
 
 
-def held_cards(run_dir: Path, dispatcher: Dispatcher) -> dict[str, set[tuple[int, int]]]:
+def one_worker(tmp_path: Path) -> tuple[list[str], Dispatcher, UnitScheduling, Worker]:
+    """smoke-cpu's collection scheduled onto one simulated worker."""
+    collection, dispatcher = smoke_collection()
+    sched = UnitScheduling(None, lambda *a: None, lambda items: dispatcher, tmp_path, numnodes=1)
+    gw0 = Worker("gw0")
+    sched.add_node(gw0)  # type: ignore[arg-type]
+    sched.add_node_collection(gw0, collection)  # type: ignore[arg-type]
+    sched.schedule()
+    return collection, dispatcher, sched, gw0
+
+
+def held_cards(dispatcher: Dispatcher) -> dict[str, set[tuple[int, int]]]:
     return {
         unit: {(n, c) for n, cards in found.cards.items() for c in cards}
         for unit, found in dispatcher.scheduler.running.items()
@@ -78,7 +89,7 @@ def test_two_workers_run_every_item_once_on_disjoint_cards(tmp_path: Path) -> No
         assert steps < 1000, "the run does not end"
         busy = [w for w in workers if w.queue]
         assert busy, "nothing runs and the run is not finished"
-        held = held_cards(tmp_path, dispatcher)
+        held = held_cards(dispatcher)
         cards = [c for hs in held.values() for c in hs]
         assert len(cards) == len(set(cards)), f"two units hold one card: {held}"
         concurrent = max(concurrent, len(held))
@@ -117,12 +128,7 @@ def test_a_unit_whose_worker_died_frees_its_cards_and_the_rest_goes_on(tmp_path:
 
 
 def test_a_worker_knows_the_last_item_of_each_unit(tmp_path: Path) -> None:
-    collection, dispatcher = smoke_collection()
-    sched = UnitScheduling(None, lambda *a: None, lambda items: dispatcher, tmp_path, numnodes=1)
-    gw0 = Worker("gw0")
-    sched.add_node(gw0)  # type: ignore[arg-type]
-    sched.add_node_collection(gw0, collection)  # type: ignore[arg-type]
-    sched.schedule()
+    collection, dispatcher, sched, gw0 = one_worker(tmp_path)
     worker = UnitWorker(tmp_path, None, None, lambda cell: None)  # type: ignore[arg-type]
     sent = list(gw0.queue)
     assert [worker.ends_batch(i) for i in sent] == [False] * (len(sent) - 1) + [True]
@@ -172,12 +178,7 @@ def test_the_two_tp1_cells_share_the_host_and_the_moe_cell_takes_it_after(tmp_pa
 
 
 def test_a_failed_node_phase_keeps_the_units_off_its_nodes_and_the_run_ends(tmp_path: Path) -> None:
-    collection, dispatcher = smoke_collection()
-    sched = UnitScheduling(None, lambda *a: None, lambda items: dispatcher, tmp_path, numnodes=1)
-    gw0 = Worker("gw0")
-    sched.add_node(gw0)  # type: ignore[arg-type]
-    sched.add_node_collection(gw0, collection)  # type: ignore[arg-type]
-    sched.schedule()
+    collection, dispatcher, sched, gw0 = one_worker(tmp_path)
     node_items = list(gw0.queue)
     assert all("preflight" in collection[i] or "collectives" in collection[i] for i in node_items)
     sched.note_failed(collection[node_items[0]])  # the preflight failed
