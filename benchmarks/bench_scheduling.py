@@ -40,6 +40,7 @@ from harness.devices import device
 from harness.matrix import load_matrix
 from harness.workplan.figures import run_figures
 from harness.workplan.plan import build_plan
+from harness.workplan.scheduler import PRIORITIES
 from harness.workplan.scheduler import longest_chain
 from harness.workplan.scheduler import simulate
 from harness.workplan.units import PlanError
@@ -120,11 +121,18 @@ def lower_bound(plan: WorkPlan, cost: CostModel) -> tuple[float, float]:
     return longest_chain(plan, cost), card_time / (plan.nodes * plan.cards_per_node)
 
 
-def report(name: str, cells: list[Cell], nodes: int, dropped: list[str]) -> None:
+def report(
+    name: str,
+    cells: list[Cell],
+    nodes: int,
+    dropped: list[str],
+    slack: float = 0.0,
+    priority: str = "chain",
+) -> None:
     cpn = device("g2").cards_per_node  # the simulated cluster is Gaudi2 nodes
     plan = build_plan(cells, nodes, cpn)
     cost = CostModel(cells)
-    records = simulate(plan, cost)
+    records = simulate(plan, cost, priority, slack)
     figs = run_figures(records, nodes * cpn)
     chain, area = lower_bound(plan, cost)
     today = sum(cost(u) for u in plan.units if u.kind is not UnitKind.NODE)
@@ -160,18 +168,28 @@ def fitting(cells: list[Cell], nodes: int) -> tuple[list[Cell], list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument(
+        "--slack", type=float, default=0.0,
+        help="relaxed backfilling: how far (a fraction of its estimate) a backfilled unit may "
+        "delay the first blocked one; 0 is EASY, a real run's dispatcher uses 0.25",
+    )
+    parser.add_argument("--priority", choices=PRIORITIES, default="chain")
     args = parser.parse_args()
+    print(f"priority {args.priority}, backfilling slack {args.slack:g}")
     for name in MATRICES:
         cells = load_matrix(name).cells
         for nodes in args.nodes:
             try:
                 build_plan(cells, nodes, 8)
-                report(name, cells, nodes, [])
+                report(name, cells, nodes, [], args.slack, args.priority)
             except PlanError as exc:
                 keep, errors = fitting(cells, nodes)
                 print(f"{name:22s} {nodes} node(s): plan error: {exc}")
                 if keep:
-                    report(name, keep, nodes, [e.split(":")[0] for e in errors])
+                    report(
+                        name, keep, nodes, [e.split(":")[0] for e in errors], args.slack,
+                        args.priority,
+                    )
 
 
 if __name__ == "__main__":

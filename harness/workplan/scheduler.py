@@ -36,9 +36,11 @@ class Assignment:
 class Scheduler:
     """Which unit runs next and on which cards; `finish` frees them and unblocks dependants.
 
-    Priority: widest demand first (whole-node units need idle nodes, which only get rarer
-    once small units spread), then the longest remaining chain. When the first unit in that
-    order does not fit, it reserves the cards that free earliest by the estimates (EASY
+    Priority ("chain", the default): the longest remaining chain first, then more card-time;
+    ("wide"): widest demand first, then the chain. On the shipped matrices "chain" is as good
+    or better (deepseek-r1-multinode on 4 nodes: 1.11-1.13x the lower bound against 1.26x;
+    benchmarks/bench_scheduling.py --priority). When the first unit in that order does not
+    fit, it reserves the cards that free earliest by the estimates (EASY
     backfilling): later units may use them only if they are estimated to end before then, so
     a multi-node unit is never starved by a stream of one-card units.
     """
@@ -47,7 +49,7 @@ class Scheduler:
         self,
         plan: WorkPlan,
         estimate: Durations | None = None,
-        priority: str = "wide",
+        priority: str = "chain",
         slack: float = 0.0,
     ) -> None:
         self.plan = plan
@@ -246,10 +248,12 @@ def longest_chain(plan: WorkPlan, duration: Durations) -> float:
     return max(_chain_lengths(plan, duration).values(), default=0.0)
 
 
-def simulate(plan: WorkPlan, duration: Durations, priority: str = "wide") -> list[UnitRecord]:
+def simulate(
+    plan: WorkPlan, duration: Durations, priority: str = "chain", slack: float = 0.0
+) -> list[UnitRecord]:
     """Run the plan on a simulated clock: start what fits, advance to the next end, repeat.
     The scheduler's estimates are the true durations here (a real run has only estimates)."""
-    sched = Scheduler(plan, duration, priority)
+    sched = Scheduler(plan, duration, priority, slack)
     clock = 0.0
     ends: dict[str, float] = {}
     starts: dict[str, tuple[float, Assignment]] = {}

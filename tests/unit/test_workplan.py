@@ -196,7 +196,7 @@ def test_smoke_cpu_on_one_two_core_host() -> None:
 
 def test_a_failed_unit_blocks_its_dependants_and_frees_its_cards() -> None:
     plan = build_plan(load_matrix("nightly-g2").cells, 2, 8)
-    sched = Scheduler(plan, duration)
+    sched = Scheduler(plan, duration, priority="wide")
     started = []
     while (a := sched.start_next()) is not None:
         started.append(a)
