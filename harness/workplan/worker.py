@@ -38,6 +38,7 @@ from harness.workplan.figures import UnitRecord
 from harness.workplan.leased_cluster import LeasedCluster
 from harness.workplan.leases import Lease
 from harness.workplan.leases import LeaseManager
+from harness.workplan.units import UnitKind
 from harness.workplan.xdist import LOOSE
 from harness.workplan.xdist import index_path
 
@@ -110,6 +111,10 @@ class UnitWorker:
         self._stack.enter_context(cluster.leased_view(LeasedCluster(ray, lease)))
         if lease.resource == "CPU":  # what the unit starts runs on the leased cores
             self._stack.enter_context(process.confined(lease.nodes[0].devices))
+        if ticket.unit.demand.nodes > 1 and ticket.unit.kind is not UnitKind.NODE:
+            # a multi-node server or calibration places its own Ray workers (vLLM's Ray
+            # executor); the scheduler keeps the cards counted held until the unit ends
+            self.manager.hand_over(lease)
         self.lease = lease
         return lease
 

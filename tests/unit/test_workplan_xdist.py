@@ -9,13 +9,26 @@ left waiting.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+from harness.cell import Stage
+from harness.cluster import RayCluster
 from harness.matrix import load_matrix
+from harness.results import RunStore
 from harness.workplan.dispatch import Dispatcher
 from harness.workplan.dispatch import read_assignment
+from harness.workplan.dispatch import write_assignment
+from harness.workplan.figures import UnitRecord
+from harness.workplan.leases import Lease
+from harness.workplan.leases import LeasedNode
 from harness.workplan.plan import build_plan
+from harness.workplan.scheduler import Assignment
+from harness.workplan.units import Demand
+from harness.workplan.units import UnitKind
+from harness.workplan.units import WorkUnit
 from harness.workplan.worker import UnitWorker
 from harness.workplan.xdist import LOOSE
 from harness.workplan.xdist import UnitScheduling
@@ -192,7 +205,6 @@ def test_a_failed_node_phase_keeps_the_units_off_its_nodes_and_the_run_ends(tmp_
 
 def test_the_units_section_gives_makespan_sum_and_utilisation(tmp_path: Path) -> None:
     from harness.report.html import _units
-    from harness.workplan.figures import UnitRecord
     from harness.workplan.figures import units_section
 
     records = [
@@ -215,3 +227,56 @@ def test_the_units_section_gives_makespan_sum_and_utilisation(tmp_path: Path) ->
     assert 'id="units"' in html and "utilisation 77%" in html and "serving/b" in html
     (tmp_path / "results.jsonl").write_text(json.dumps(records[0]) + "\n")
     assert _units(tmp_path) == ""
+
+
+class Leases:
+    """Records what a worker asks of the run's lease manager (Ray's side is tested in
+    tests/integration/test_workplan_leases.py)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    @contextlib.contextmanager
+    def lease(self, unit: WorkUnit, nodes: tuple[int, ...]) -> Iterator[Lease]:
+        self.calls.append(("lease", unit.id))
+        held = tuple(LeasedNode(f"node{n}", "10.0.0.1", (2, 3)) for n in nodes)
+        try:
+            yield Lease(unit.id, "g", "HPU", held, None)
+        finally:
+            self.calls.append(("release", unit.id))
+
+    def hand_over(self, lease: Lease) -> None:
+        self.calls.append(("hand_over", lease.unit))
+
+
+def test_a_worker_leases_each_unit_hands_multinode_servers_their_cards_and_records_it(
+    tmp_path: Path,
+) -> None:
+    store = RunStore(tmp_path, "run")
+    store.open({})
+    units = [
+        WorkUnit("node/g2/n2/0-1", UnitKind.NODE, ("c",), (Stage.PREFLIGHT,), Demand(2, 8, True)),
+        WorkUnit("serving/c", UnitKind.SERVING, ("c",), (Stage.SERVING,), Demand(2, 8, True)),
+        WorkUnit("serving/d", UnitKind.SERVING, ("d",), (Stage.SERVING,), Demand(1, 2)),
+    ]
+    for index, unit in enumerate(units):
+        nodes = (0, 1) if unit.demand.nodes == 2 else (1,)
+        found = Assignment(unit, {n: tuple(range(unit.demand.cards)) for n in nodes})
+        write_assignment(store.dir, found, [index])
+    index_path(store.dir).write_text(json.dumps({str(i): u.id for i, u in enumerate(units)}))
+    leases = Leases()
+    worker = UnitWorker(store.dir, store, leases, lambda cell: RayCluster("127.0.0.1:1"))  # type: ignore[arg-type]
+    for index in range(3):
+        assert worker.ends_batch(index)
+        worker.enter(index)
+        assert worker.placement_env() == {"HABANA_VISIBLE_MODULES": "2,3"}
+        worker.leave()
+    assert leases.calls == [
+        ("lease", "node/g2/n2/0-1"), ("release", "node/g2/n2/0-1"),
+        ("lease", "serving/c"), ("hand_over", "serving/c"), ("release", "serving/c"),
+        ("lease", "serving/d"), ("release", "serving/d"),
+    ]
+    lines = [json.loads(line) for line in store.path.read_text().splitlines()]
+    recorded = [UnitRecord.from_dict(r) for r in lines if r.get("kind") == "unit"]
+    assert [r.unit for r in recorded] == [u.id for u in units]
+    assert recorded[1].cards == ((0, 2), (0, 3), (1, 2), (1, 3)) and recorded[2].kind == "serving"
