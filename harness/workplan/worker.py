@@ -151,12 +151,9 @@ class UnitWorker:
         self._stack.close()
         if ticket is None:
             return
-        cards = tuple(
-            (node, device)
-            for node, held in zip(ticket.nodes or range(len(lease.nodes) if lease else 0),
-                                  lease.nodes if lease else (), strict=False)
-            for device in held.devices
-        )
+        held = lease.nodes if lease is not None else ()
+        nodes = ticket.nodes or tuple(range(len(held)))  # scheduler node indices
+        cards = tuple((n, d) for n, on in zip(nodes, held, strict=False) for d in on.devices)
         record = UnitRecord(ticket.unit.id, self._started, time.time(), cards, ticket.unit.kind)
         self.store.append_record(record.as_dict())
 
