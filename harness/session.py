@@ -451,6 +451,8 @@ class HarnessSession(UnitSession):
         with signals_deferred(30.0):
             self.cells.close()
             kill_all_groups()
+            if self.units is not None:  # a -n worker's lease goes back however the run ended
+                self.units.leave()
             if self.is_worker or self.options.plan:
                 return
             ending = self._record_end(int(session.exitstatus))

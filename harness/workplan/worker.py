@@ -183,9 +183,11 @@ def run_loop(session: pytest.Session, worker: UnitWorker) -> bool:
         start = time.perf_counter()
         try:
             session.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
-        finally:
-            if ends or nextitem is None:
-                worker.leave()
+        except BaseException:  # Ctrl-C, an internal error: the unit's cards go back now
+            worker.leave()
+            raise
+        if ends or nextitem is None:
+            worker.leave()
         interactor.sendevent(
             "runtest_protocol_complete", item_index=index, duration=time.perf_counter() - start
         )
