@@ -33,10 +33,8 @@ class CellResources:
         store: RunStore,
         cache_dir: Path,
         recalibrate_invalid: bool = False,
-        placement_env: dict[str, str] | None = None,
     ) -> None:
         self.cell = cell
-        self.placement_env = dict(placement_env or {})  # the leased devices (pytest -n)
         self.backend = backend
         self.store = store
         self.cache_dir = cache_dir
@@ -64,8 +62,7 @@ class CellResources:
         if self._server is None:
             served_with = self.calibration()
             serve = serving_stage.serve(
-                self.backend, self.cell, served_with, self.workdir(Stage.SERVING),
-                self.placement_env,
+                self.backend, self.cell, served_with, self.workdir(Stage.SERVING)
             )
             self._server = self._stack.enter_context(serve)
         return self._server
@@ -87,16 +84,13 @@ class CellSlot:
         self.cache_dir = cache_dir
         self.recalibrate_invalid = recalibrate_invalid
         self.current: CellResources | None = None
-        # what makes a server use exactly the devices its work unit leased (`pytest -n`)
-        self.placement_env: dict[str, str] = {}
 
     def enter(self, cell: Cell) -> CellResources:
         if self.current is not None and self.current.cell.id == cell.id:
             return self.current
         self.close()
         self.current = CellResources(
-            cell, self.backend, self.store, self.cache_dir, self.recalibrate_invalid,
-            self.placement_env,
+            cell, self.backend, self.store, self.cache_dir, self.recalibrate_invalid
         )
         return self.current
 

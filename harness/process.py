@@ -22,20 +22,28 @@ from harness import process_registry
 from harness.errors import HarnessError
 
 _cores: frozenset[int] = frozenset()  # the cores a leased work unit's processes run on
+_placement: dict[str, str] = {}  # and the env that makes them use its devices
 
 
 @contextlib.contextmanager
-def confined(cores: Iterable[int]) -> Iterator[None]:
-    """Every process started in the block runs on `cores` (a cpu work unit's lease, `pytest
-    -n`); the harness itself is not confined, so its checks still see the host. Cores this
-    process may not use are left out; none left: no confinement."""
-    global _cores
-    before = _cores
+def placed(cores: Iterable[int] = (), env: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Every process started in the block runs on a work unit's lease (`pytest -n`): on `cores`
+    (cpu; the harness itself is not confined, so its checks still see the host; cores this
+    process may not use are left out, none left: no confinement) and with `env` over its own
+    (HABANA_VISIBLE_MODULES, or the cpu cores as VLLM_CPU_OMP_THREADS_BIND)."""
+    global _cores, _placement
+    before = _cores, _placement
     _cores = frozenset(cores) & frozenset(os.sched_getaffinity(0))
+    _placement = dict(env or {})
     try:
         yield
     finally:
-        _cores = before
+        _cores, _placement = before
+
+
+def placement_env() -> dict[str, str]:
+    """The env of the lease processes started now get ({} outside a work unit)."""
+    return dict(_placement)
 
 
 def _child_setup() -> Callable[[], None] | None:
@@ -146,6 +154,7 @@ class ManagedProcess:
         env = {
             **os.environ,
             **{k: str(v) for k, v in command.env.items()},
+            **_placement,  # the work unit's devices win over the command's defaults
             process_registry.ENV_TOKEN: token,
         }
         self._log = log_path.open("ab")

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from harness.cell import Stage
 from harness.errors import HarnessError
 from harness.errors import StageError
 from harness.process import CommandFailed
+from harness.process import placement_env
 from harness.process import run as run_command
 from harness.serving.http import free_port
 from harness.serving.server import Server
@@ -82,14 +81,10 @@ def _prechecks(backend: ServingBackend, cell: Cell, workdir: Path) -> None:
 
 @contextlib.contextmanager
 def serve(
-    backend: Backend,
-    cell: Cell,
-    calibration: CalibrationArtifacts | None,
-    workdir: Path,
-    placement_env: Mapping[str, str] | None = None,
+    backend: Backend, cell: Cell, calibration: CalibrationArtifacts | None, workdir: Path
 ) -> Iterator[ServerHandle]:
     """Start the cell's server (logs and prechecks in `workdir`) and yield its handle; stopped
-    when the block ends. `placement_env`: the devices its work unit leased (`pytest -n`)."""
+    when the block ends."""
     reason = backend.skip_reason(cell, Stage.SERVING)
     if reason:
         raise StageSkipped(reason)
@@ -110,9 +105,6 @@ def serve(
             _prechecks(backend, cell, workdir)
             port = settings.port or free_port(settings.host)
             spec = backend.server_spec(cell, port, calibration, workdir)
-            if placement_env:
-                env = {**spec.command.env, **placement_env}
-                spec = replace(spec, command=replace(spec.command, env=env))
             server = stack.enter_context(running(spec, workdir / SERVER_LOG))
         except (ServerFailed, CommandFailed) as exc:
             raise failure(cell, Stage.SERVING, exc) from None
@@ -120,7 +112,7 @@ def serve(
             if isinstance(exc, StageError | StageSkipped):
                 raise
             raise StageError(cell.id, Stage.SERVING.value, str(exc)) from None
-        leased = sorted((placement_env or {}).items())
+        leased = sorted(placement_env().items())  # a `pytest -n` unit's devices
         placed = {"placement": " ".join(f"{k}={v}" for k, v in leased)} if leased else {}
         yield ServerHandle(
             cell.id, server.base_url, spec.served_name, server.log_path, server,

@@ -18,7 +18,6 @@ from harness.stages.base import Recorder
 
 if TYPE_CHECKING:
     from harness.backends.contracts import Backend
-    from harness.cell_resources import CellSlot
     from harness.matrix import Matrix
     from harness.options import RunOptions
     from harness.results import RunStore
@@ -36,7 +35,6 @@ class UnitSession:
     matrix: Matrix
     options: RunOptions
     store: RunStore
-    cells: CellSlot
     failures: dict[str, str]
     _selected_pairs: list[tuple[str, str]]
 
@@ -113,7 +111,6 @@ class UnitSession:
             )
         except HarnessError as exc:
             pytest.fail(str(exc), pytrace=False)
-        self.cells.placement_env = units.placement_env()
         rec.referenced = found.referenced
         for cell_id, why in found.failed_elsewhere.items():
             self.failures.setdefault(cell_id, why)

@@ -5,7 +5,7 @@ ticket (dispatch.py) first. When the worker meets the first item of a unit it le
 unit's cards through Ray (leases.py) and keeps the lease until the unit's last item has run:
 the server it starts sees exactly the leased devices (`Lease.env()`: HABANA_VISIBLE_MODULES,
 or the cpu cores as VLLM_CPU_OMP_THREADS_BIND), on cpu every process it starts runs on the
-leased cores (harness.process.confined), and a stage's own Ray reservation gets the lease's
+leased cores (harness.process.placed), and a stage's own Ray reservation gets the lease's
 group (leased_cluster.py). The unit's start, end and cards go to results.jsonl as a `unit` line.
 
 xdist's worker loop holds every item until it has the next one (pytest's `nextitem`); the last
@@ -109,8 +109,9 @@ class UnitWorker:
         ray = self.ray_for(ticket.unit.cells[0])  # connects this worker to the run's cluster
         lease = self._stack.enter_context(self.manager.lease(ticket.unit, ticket.nodes))
         self._stack.enter_context(cluster.leased_view(LeasedCluster(ray, lease)))
-        if lease.resource == "CPU":  # what the unit starts runs on the leased cores
-            self._stack.enter_context(process.confined(lease.nodes[0].devices))
+        # what the unit starts runs on the leased devices (and, on cpu, cores)
+        cores = lease.nodes[0].devices if lease.resource == "CPU" else ()
+        self._stack.enter_context(process.placed(cores, lease.env()))
         if ticket.unit.demand.nodes > 1 and ticket.unit.kind is not UnitKind.NODE:
             # a multi-node server or calibration places its own Ray workers (vLLM's Ray
             # executor); the scheduler keeps the cards counted held until the unit ends
@@ -156,10 +157,6 @@ class UnitWorker:
         cards = tuple((n, d) for n, on in zip(nodes, held, strict=False) for d in on.devices)
         record = UnitRecord(ticket.unit.id, self._started, time.time(), cards, ticket.unit.kind)
         self.store.append_record(record.as_dict())
-
-    def placement_env(self) -> dict[str, str]:
-        """What the unit's server needs to use exactly its leased devices."""
-        return self.lease.env() if self.lease is not None else {}
 
 
 def run_loop(session: pytest.Session, worker: UnitWorker) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from harness.process import Command
 from harness.process import CommandFailed
 from harness.process import ManagedProcess
-from harness.process import confined
+from harness.process import placed
 from harness.process import run
 from harness.process import started
 
@@ -96,13 +96,15 @@ def test_a_missing_program_is_a_clear_error(tmp_path):
 def test_processes_started_while_confined_run_on_the_leased_cores(tmp_path: Path) -> None:
     """A cpu work unit's lease (pytest -n): what it starts runs on its cores; the harness
     itself and what starts after the block are not confined."""
-    probe = Command((sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"))
+    code = "import os; print(sorted(os.sched_getaffinity(0)), os.environ.get('LEASED'))"
+    probe = Command((sys.executable, "-c", code), env={"LEASED": "command's own"})
     host = sorted(os.sched_getaffinity(0))
-    with confined([host[-1]]):
+    with placed([host[-1]], {"LEASED": "2,3"}):
         inside = run(probe, tmp_path / "inside.log", 60).strip()
         assert sorted(os.sched_getaffinity(0)) == host  # the harness is not confined
+        assert "LEASED" not in os.environ
     after = run(probe, tmp_path / "after.log", 60).strip()
-    assert inside == str([host[-1]])
-    assert after == str(host)
-    with confined([10_000]):  # no usable core: nothing is confined
-        assert run(probe, tmp_path / "none.log", 60).strip() == str(host)
+    assert inside == f"{[host[-1]]} 2,3"  # the lease's env wins over the command's
+    assert after == f"{host} command's own"
+    with placed([10_000]):  # no usable core: nothing is confined
+        assert run(probe, tmp_path / "none.log", 60).strip() == f"{host} command's own"

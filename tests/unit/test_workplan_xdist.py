@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from harness import process
 from harness.cell import Stage
 from harness.cluster import RayCluster
 from harness.matrix import load_matrix
@@ -269,8 +270,9 @@ def test_a_worker_leases_each_unit_hands_multinode_servers_their_cards_and_recor
     for index in range(3):
         assert worker.ends_batch(index)
         worker.enter(index)
-        assert worker.placement_env() == {"HABANA_VISIBLE_MODULES": "2,3"}
+        assert process.placement_env() == {"HABANA_VISIBLE_MODULES": "2,3"}
         worker.leave()
+        assert process.placement_env() == {}
     assert leases.calls == [
         ("lease", "node/g2/n2/0-1"), ("release", "node/g2/n2/0-1"),
         ("lease", "serving/c"), ("hand_over", "serving/c"), ("release", "serving/c"),
