@@ -65,3 +65,15 @@ def test_the_failure_message_has_the_root_cause_before_the_tail(tmp_path):
     assert text.index(FP8_KV) > cause
     assert text.index("--- last lines of the server log") > text.index(FP8_KV)
     assert "\n".join(root_cause_of(log)) in text
+
+
+def test_an_engine_killed_while_serving_is_named_from_the_api_servers_warning():
+    # a real log: tests/faults SIGKILLed this FP8 server's EngineCore during lm-eval
+    lines = root_cause_of(VLLM / "server_fp8_engine_sigkill.log")
+    assert lines[:2] == [
+        "(Worker pid=11782) Parent process exited, terminating worker queues",
+        "(APIServer pid=11668) [shutdown] MPClient: engine core exited unexpectedly; starting "
+        "cleanup",
+    ]
+    assert lines[-1].startswith("(APIServer pid=11668) vllm.v1.engine.exceptions.EngineDeadError")
+    assert not any("ulimit" in ln for ln in lines)  # a warning that merely mentions an OSError
