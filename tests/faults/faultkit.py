@@ -228,3 +228,25 @@ class Ledger:
         lost = run.lost()
         self.lost += len(lost)
         return lost
+
+
+def member(group: dict[str, Any], pid: int) -> int:
+    """`pid`, checked to be a live member of the recorded group (never found by name)."""
+    fields = _stat(pid)
+    assert fields is not None, f"pid {pid} is gone"
+    assert int(fields[2]) == group["pgid"] and int(fields[19]) >= group["start"], (pid, group)
+    return pid
+
+
+def engine_pid(server_log: Path) -> int:
+    """The EngineCore's pid as the server logs it."""
+    found = re.search(r"\(EngineCore pid=(\d+)\)", server_log.read_text(errors="replace"))
+    assert found, f"no EngineCore pid in {server_log}"
+    return int(found.group(1))
+
+
+def own_traceback(output: str) -> bool:
+    """A Python traceback printed by the run itself (a quoted server log's lines carry their
+    process tag, e.g. "(APIServer pid=7) ERROR ... Traceback", and do not count)."""
+    return bool(re.search(r"^(?:Traceback \(most recent call last\)|INTERNALERROR)", output,
+                          re.M))

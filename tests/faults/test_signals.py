@@ -1,34 +1,46 @@
-"""Signals to a real run of smoke-cpu's tiny-llama BF16 cell (serving + accuracy): Ctrl-C and
-SIGTERM while the vLLM server starts; then a chain on one run directory, each link a fault and
-the next link the run after it: SIGKILL of pytest at serving, --resume with a double Ctrl-C at
-accuracy, --resume killed by SIGTERM at accuracy, --resume SIGKILLed at accuracy, --resume to
-the end. Every link: nothing left of what the run recorded, results.jsonl whole, the reports'
-wording, and what the next run does."""
+"""Signals and kills under real runs of smoke-cpu's tiny-llama cells (serving + accuracy).
+
+Ctrl-C and SIGTERM of pytest while the vLLM server starts; then one run directory taken through
+a chain of faults, each link the run after the previous fault (and so the proof of what the
+next run does): SIGKILL of pytest at serving; --resume reaps the leftovers and its API server
+is SIGKILLed while starting; --resume gets Ctrl-C twice at accuracy; --resume is SIGKILLed at
+accuracy; --resume with the FP8 cell too finishes the BF16 cell, serves FP8 on the same fixed
+port, and its engine is SIGKILLed at accuracy. Every link: nothing left of what the run
+recorded, results.jsonl whole with its end record, the reports' wording.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import time
 from pathlib import Path
 
 import pytest
 from faultkit import BF16
+from faultkit import FP8
 from faultkit import HarnessRun
 from faultkit import Ledger
+from faultkit import engine_pid
+from faultkit import free_port
+from faultkit import member
+from faultkit import own_traceback
 from faultkit import smoke_matrix
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-ENGINE_UP = "EngineCore pid="  # the server is starting: API server and engine both exist
+API_UP = "(APIServer pid="  # the server process runs and logs
+ENGINE_UP = "EngineCore pid="  # the API server and its engine both exist
 LMEVAL_UP = "Selected Tasks"  # lm-eval is running against the server, writing into the run
-TRACEBACK = "Traceback (most recent call last)"
+SERVING, ACCURACY = f"{BF16} [serving]", f"{BF16} [accuracy]"
 
 
 def interrupted(run: HarnessRun, ledger: Ledger, sig: str, never_ran: list[str]) -> None:
     """What an interrupted run must leave: its end record, INTERRUPTED reports, every finished
     stage recorded, no traceback, nothing running, no record for the next run to reap."""
     assert run.finish() == 2, run.output()[-3000:]  # pytest's "interrupted"
-    assert TRACEBACK not in run.output()
+    assert not own_traceback(run.output()), run.output()[-3000:]
     end = run.records()[-1]
     assert end["kind"] == "end" and end["status"] == "interrupted", end
     assert end["signal"] == sig and end["not_run"] == never_ran, end
@@ -40,20 +52,20 @@ def interrupted(run: HarnessRun, ledger: Ledger, sig: str, never_ran: list[str])
     assert run.owner_file is not None and not run.owner_file.exists()  # nothing to reap
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_a_signal_while_the_server_starts_stops_everything_and_says_interrupted(
-    harness, ledger, fault, tmp_path, sig
-):
-    name = signal.Signals(sig).name
-    fault(f"{name} of pytest at serving")
-    run = harness(smoke_matrix(tmp_path / "smoke.yaml"))
-    server = run.at_stage("serve", ENGINE_UP)
-    run.send(sig)
-    interrupted(run, ledger, name, [f"{BF16} [serving]", f"{BF16} [accuracy]"])
-    assert server["pgid"] in run.groups
+def completed(run: HarnessRun, ledger: Ledger, code: int) -> list[dict]:
+    """A run that ran to its end (stages may have failed): end record, nothing left."""
+    assert run.finish(400) == code, run.output()[-3000:]
+    assert not own_traceback(run.output()), run.output()[-3000:]
+    records = run.records()
+    end = records[-1]
+    assert end["kind"] == "end" and end["status"] == "completed" and end["not_run"] == [], end
+    assert "INTERRUPTED" not in (run.run_dir / "summary.md").read_text()
+    assert not ledger.count_lost(run)
+    run.none_left(ledger)
+    return records
 
 
-def _sigkilled(run: HarnessRun, ledger: Ledger) -> list[dict]:
+def sigkilled(run: HarnessRun, ledger: Ledger) -> None:
     """A SIGKILLed run keeps what it finished, line by line; it cannot write its end."""
     run.send(signal.SIGKILL)
     assert run.finish() == -signal.SIGKILL
@@ -61,79 +73,113 @@ def _sigkilled(run: HarnessRun, ledger: Ledger) -> list[dict]:
     assert records[0]["kind"] == "run" and records[-1]["kind"] != "end"
     assert not ledger.count_lost(run)
     assert run.owner_file is not None and run.owner_file.exists()  # for the next run's reaper
-    return records
 
 
-def _reaped(crashed: HarnessRun, nxt: HarnessRun, ledger: Ledger) -> None:
-    """The next run stopped what the crashed one left (before it started anything) and said
-    so, naming the crashed run; the crashed run's registry file is gone."""
+def reaped(crashed: HarnessRun, nxt: HarnessRun, ledger: Ledger) -> None:
+    """The next run stopped what the crashed one left before starting anything, and named the
+    crashed run; the crashed run's registry file is gone."""
     nxt.wait_until("the next run's header", lambda: "harness: matrix" in nxt.output(), 120)
     crashed.none_left(ledger, within_s=1.0)
     assert crashed.owner_file is not None and not crashed.owner_file.exists()
-    run_id = crashed.run_dir.name
     for line in nxt.output().splitlines():
         if "stopped a crashed run's leftover" in line:
-            assert f"of crashed run {run_id}: group " in line, line
+            assert f"of crashed run {crashed.run_dir.name}: group " in line, line
             assert int(line.split(": group ")[1].split()[0]) in crashed.groups, line
 
 
-def test_kill_interrupt_and_resume_one_run_to_its_end(harness, ledger, fault, tmp_path):
-    matrix = smoke_matrix(tmp_path / "smoke.yaml")
-    accuracy = f"{BF16} [accuracy]"
+def stage_records(run: HarnessRun) -> dict[tuple[str, str], dict]:
+    """The last record of each (cell, stage) in the run directory."""
+    return {(r["cell"], r["stage"]): r for r in run.records() if r["kind"] == "stage"}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_while_the_server_starts_stops_everything_and_says_interrupted(
+    harness, ledger, fault, tmp_path, sig
+):
+    name = signal.Signals(sig).name
+    fault(f"{name} of pytest at serving")
+    run = harness(smoke_matrix(tmp_path / "smoke.yaml"))
+    server = run.at_stage("serve", API_UP)
+    run.send(sig)
+    interrupted(run, ledger, name, [SERVING, ACCURACY])
+    assert server["pgid"] in run.groups
+
+
+def test_one_run_through_kills_interrupts_and_resumes_on_a_fixed_port(
+    harness, ledger, fault, tmp_path
+):
+    port = free_port()
+    matrix = smoke_matrix(tmp_path / "smoke.yaml", serving={"port": port})
 
     # 1. SIGKILL of pytest while the server starts: no cleanup runs at all
     fault("SIGKILL of pytest at serving")
     first = harness(matrix)
     first.at_stage("serve", ENGINE_UP)
-    assert [r["kind"] for r in _sigkilled(first, ledger)] == ["run"]
+    sigkilled(first, ledger)
     run_dir = first.run_dir
 
-    # 2. the next run (--resume) reaps what is left, serves, and gets Ctrl-C twice at accuracy
-    fault("SIGINT twice (second during cleanup) of pytest at accuracy")
-    fault("SIGKILL of pytest at serving: the next run reaps and resumes")
+    # 2. --resume reaps what is left; its API server is SIGKILLed while starting: the stage
+    #    fails saying so, accuracy is skipped, the run completes
+    fault("SIGKILL of pytest at serving: the next run reaps what it left")
+    fault("SIGKILL of the vLLM API server at serving")
     second = harness(matrix, "--resume", "latest")
-    _reaped(first, second, ledger)
-    second.at_stage("lm_eval", LMEVAL_UP)
-    second.send(signal.SIGINT)
-    time.sleep(0.5)
-    second.send(signal.SIGINT)
-    interrupted(second, ledger, "SIGINT", [accuracy])
+    reaped(first, second, ledger)
+    api = second.at_stage("serve", ENGINE_UP)
+    os.kill(member(api, api["pid"]), signal.SIGKILL)
+    completed(second, ledger, 1)
     assert second.run_dir == run_dir
-    assert [(r["stage"], r["status"]) for r in second.records() if r["kind"] == "stage"] == [
-        ("serving", "passed")]
+    stages = stage_records(second)
+    assert stages[(BF16, "serving")]["status"] == "failed"
+    assert "the server process exited with status -9 (killed by a signal)" in \
+        stages[(BF16, "serving")]["message"]
+    assert stages[(BF16, "accuracy")]["status"] == "skipped"
 
-    # 3. --resume: serving passed and is not run again; SIGTERM (a CI timeout) at accuracy
-    fault("SIGTERM of pytest at accuracy")
+    # 3. --resume runs both again; Ctrl-C twice at accuracy (the second during cleanup)
+    fault("SIGINT twice (second during cleanup) of pytest at accuracy")
     third = harness(matrix, "--resume", "latest")
     third.at_stage("lm_eval", LMEVAL_UP)
-    third.send(signal.SIGTERM)
-    interrupted(third, ledger, "SIGTERM", [accuracy])
-    assert "/ 1 selected" in third.output() and (BF16, "serving") not in third.reported()
+    third.send(signal.SIGINT)
+    time.sleep(0.5)
+    third.send(signal.SIGINT)
+    interrupted(third, ledger, "SIGINT", [ACCURACY])
+    assert stage_records(third)[(BF16, "serving")]["status"] == "passed"
 
-    # 4. --resume, SIGKILLed at accuracy: lm-eval must not go on writing into the dead run
+    # 4. --resume: serving passed and is not run again; SIGKILL at accuracy, and lm-eval must
+    #    not go on writing into the dead run's directory
     fault("SIGKILL of pytest at accuracy")
     fourth = harness(matrix, "--resume", "latest")
     lm_eval = fourth.at_stage("lm_eval", LMEVAL_UP)
-    _sigkilled(fourth, ledger)
+    assert "/ 1 selected" in fourth.output()
+    sigkilled(fourth, ledger)
     fourth.none_left(ledger, within_s=15.0, pgid=lm_eval["pgid"])  # died with pytest
     log = Path(lm_eval["log"])
     size = log.stat().st_size
     time.sleep(2.0)
     assert log.stat().st_size == size, "lm-eval went on writing into the dead run's directory"
 
-    # 5. --resume reaps and finishes: the whole selection passed in the one directory
-    fault("SIGKILL of pytest at accuracy: the next run reaps and resumes to the end")
-    fifth = harness(matrix, "--resume", "latest")
-    _reaped(fourth, fifth, ledger)
-    assert fifth.finish(400) == 0, fifth.output()[-3000:]
-    records = fifth.records()
+    # 5. --resume with the FP8 cell too: reaps; the BF16 cell's accuracy passes; the FP8 cell
+    #    serves on the same fixed port after the BF16 server stopped (TIME-WAIT sockets left),
+    #    and its engine is SIGKILLed at accuracy: that stage fails naming the cause
+    fault("SIGKILL of pytest at accuracy: the next run reaps and resumes")
+    fault("fixed serving.port reused by the next cell")
+    fault("SIGKILL of the vLLM engine process at accuracy")
+    fifth = harness(matrix, "--resume", "latest", cells="tiny-llama/*")
+    reaped(fourth, fifth, ledger)
+    fifth.at_stage("lm_eval", LMEVAL_UP, nth=1, timeout_s=400)
+    fp8_server = fifth.group("serve", nth=1)
+    assert fp8_server is not None
+    os.kill(member(fp8_server, engine_pid(Path(fp8_server["log"]))), signal.SIGKILL)
+    records = completed(fifth, ledger, 1)
     assert fifth.run_dir == run_dir
-    assert records[-1]["kind"] == "end" and records[-1]["status"] == "completed"
-    assert records[-1]["not_run"] == []
     assert [r["kind"] for r in records].count("resume") == 4
-    last = {(r["cell"], r["stage"]): r["status"] for r in records if r["kind"] == "stage"}
-    assert last == {(BF16, "serving"): "passed", (BF16, "accuracy"): "passed"}
-    assert not ledger.count_lost(fifth)
+    status = {k: r["status"] for k, r in stage_records(fifth).items()}
+    assert status == {(BF16, "serving"): "passed", (BF16, "accuracy"): "passed",
+                      (FP8, "serving"): "passed", (FP8, "accuracy"): "failed"}, status
+    fp8 = stage_records(fifth)[(FP8, "accuracy")]["message"]
+    assert "--- root cause in the server log ---" in fp8, fp8
+    assert re.search(r"engine core exited unexpectedly|EngineDeadError", fp8), fp8
+    for server in (fifth.group("serve"), fp8_server):  # BF16 then FP8, one port
+        assert server is not None
+        assert f"--port {port} " in Path(server["log"]).read_text().splitlines()[0]
     summary = (run_dir / "summary.md").read_text()
-    assert "INTERRUPTED" not in summary and "2 passed, 0 failed" in summary
-    fifth.none_left(ledger)
+    assert "3 passed, 1 failed" in summary and "root cause in the server log" in summary
