@@ -28,7 +28,8 @@ _EXCEPTION = re.compile(
 )
 _FATAL = re.compile(
     r"Engine core initialization failed|EngineCore failed|encountered a fatal error|"
-    r"died unexpectedly|exited unexpectedly|Parent process exited|Segfault encountered|Fatal Python error|^Killed\b|\bOOM\b|"
+    r"died unexpectedly|exited unexpectedly|Parent process exited|Segfault encountered|"
+    r"Fatal Python error|^Killed\b|\bOOM\b|"
     r"[Oo]ut of memory|Cannot allocate memory|Allocation failed|Address already in use|"
     r"core dumped"
 )

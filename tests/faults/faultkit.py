@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -29,6 +28,8 @@ import pytest
 import yaml
 
 from harness.process_registry import ENV_TOKEN
+from harness.process_registry import _groups as live_groups
+from harness.process_registry import start_time
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "matrices" / "smoke-cpu.yaml"
@@ -52,31 +53,7 @@ def smoke_matrix(path: Path, **settings: dict[str, Any]) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # -- /proc: the recorded groups' survivors ----------------------------------------------------
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2:].split()
-
-
-def _live() -> dict[int, list[str]]:
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(int(entry))
-            if fields and fields[0] not in ("Z", "X"):
-                out[int(entry)] = fields
-    return out
-
 
 def _carries(pid: int, prefix: bytes) -> bool:
     try:
@@ -196,13 +173,15 @@ class HarnessRun:
         self.poll_groups()
         token = f"{ENV_TOKEN}={self.pid}-".encode()
         left = []
-        for pid, fields in _live().items():
-            if pid == os.getpid() or (pgid is not None and int(fields[2]) != pgid):
+        for group_id, pids in live_groups().items():
+            if pgid is not None and group_id != pgid:
                 continue
-            group = self.groups.get(int(fields[2]))
-            ours = group is not None and int(fields[19]) >= int(group.get("start") or 0)
-            if ours or (pgid is None and _carries(pid, token)):
-                left.append(pid)
+            group = self.groups.get(group_id)
+            for pid in pids:
+                began = start_time(pid)
+                ours = group is not None and began is not None and began >= int(group["start"])
+                if pid != os.getpid() and (ours or (pgid is None and _carries(pid, token))):
+                    left.append(pid)
         return sorted(left)
 
     def none_left(self, ledger: Ledger, within_s: float = 15.0, pgid: int | None = None) -> None:
@@ -232,9 +211,9 @@ class Ledger:
 
 def member(group: dict[str, Any], pid: int) -> int:
     """`pid`, checked to be a live member of the recorded group (never found by name)."""
-    fields = _stat(pid)
-    assert fields is not None, f"pid {pid} is gone"
-    assert int(fields[2]) == group["pgid"] and int(fields[19]) >= group["start"], (pid, group)
+    began = start_time(pid)
+    assert began is not None and began >= group["start"], (pid, group)
+    assert pid in live_groups().get(group["pgid"], []), (pid, group)
     return pid
 
 

@@ -23,10 +23,11 @@ from faultkit import FP8
 from faultkit import HarnessRun
 from faultkit import Ledger
 from faultkit import engine_pid
-from faultkit import free_port
 from faultkit import member
 from faultkit import own_traceback
 from faultkit import smoke_matrix
+
+from harness.serving.http import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
