@@ -61,13 +61,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         "bad_inputs_refused": sum(v == "passed" for v in bad.values()),
         "processes_left": ledger.left,
         "results_lost": ledger.lost,
+        "leftovers_reaped_by_the_next_run": ledger.reaped,
         "faults": {f: outcomes.get(n, "not run") for f, n in ledger.faults.items()},
     }
     terminalreporter.section("issue 16: faults and bad input")
     terminalreporter.write_line(
         f"faults survived {figures['faults_survived']}/{figures['faults_tried']}; bad inputs "
         f"refused {figures['bad_inputs_refused']}/{figures['bad_inputs_tried']}; processes left "
-        f"{ledger.left}; results lost {ledger.lost}")
+        f"{ledger.left}; results lost {ledger.lost} (leftovers of SIGKILLed runs stopped by the "
+        f"next run: {ledger.reaped})")
     target = os.environ.get("HARNESS_FAULTS_SUMMARY") or (
         str(ledger.directory / "faults-summary.json") if ledger.directory else "")
     if target:

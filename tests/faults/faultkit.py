@@ -163,8 +163,12 @@ class HarnessRun:
         return {(cell, stage) for stage, cell, _ in ITEM.findall(self.output())}
 
     def lost(self) -> list[tuple[str, str]]:
-        """Stages that ended (pytest said so) but have no record in results.jsonl."""
-        recorded = {(r["cell"], r["stage"]) for r in self.records() if r.get("kind") == "stage"}
+        """Stages that ended in this run (pytest said so) without their record in results.jsonl
+        after the run's own first line (the last `resume` line of a resumed run)."""
+        records = self.records()
+        starts = [i for i, r in enumerate(records) if r.get("kind") in ("run", "resume")]
+        own = records[starts[-1]:] if starts else records
+        recorded = {(r["cell"], r["stage"]) for r in own if r.get("kind") == "stage"}
         return sorted(self.reported() - recorded)
 
     def survivors(self, pgid: int | None = None) -> list[int]:
@@ -201,6 +205,7 @@ class Ledger:
     faults: dict[str, str] = field(default_factory=dict)  # fault -> nodeid that injected it
     left: int = 0
     lost: int = 0
+    reaped: int = 0  # processes of a SIGKILLed run that the next run stopped (and said so)
     directory: Path | None = None  # where the figures are written
 
     def count_lost(self, run: HarnessRun) -> list[tuple[str, str]]:

@@ -83,9 +83,12 @@ def reaped(crashed: HarnessRun, nxt: HarnessRun, ledger: Ledger) -> None:
     crashed.none_left(ledger, within_s=1.0)
     assert crashed.owner_file is not None and not crashed.owner_file.exists()
     for line in nxt.output().splitlines():
-        if "stopped a crashed run's leftover" in line:
-            assert f"of crashed run {crashed.run_dir.name}: group " in line, line
-            assert int(line.split(": group ")[1].split()[0]) in crashed.groups, line
+        found = re.search(r"stopped (\d+) leftover process\(es\) of crashed run (\S+): group "
+                          r"(\d+)", line)
+        if found:
+            assert found.group(2) == crashed.run_dir.name, line
+            assert int(found.group(3)) in crashed.groups, line
+            ledger.reaped += int(found.group(1))
 
 
 def stage_records(run: HarnessRun) -> dict[tuple[str, str], dict]:
