@@ -29,27 +29,30 @@ from faultkit import smoke_matrix
 from harness.process_registry import reap_leftovers
 
 LEDGER = pytest.StashKey[Ledger]()
-OUTCOMES = pytest.StashKey[dict[str, str]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[LEDGER] = Ledger()
-    config.stash[OUTCOMES] = {}
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    outcomes = item.config.stash[OUTCOMES]
-    if report.failed:
-        outcomes[item.nodeid] = "failed"
-    elif report.when == "call" and outcomes.get(item.nodeid) != "failed":
-        outcomes[item.nodeid] = "passed" if report.passed else "skipped"
-    return report
+def _outcomes(terminalreporter: Any) -> dict[str, str]:
+    """Each test's outcome from the terminal's statistics (they cover every test of the
+    session; a conftest's report hooks would see only the tests under tests/faults)."""
+    out: dict[str, str] = {}
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            nodeid, when = getattr(rep, "nodeid", None), getattr(rep, "when", None)
+            if not nodeid or when is None:
+                continue
+            if rep.failed:
+                out[nodeid] = "failed"
+            elif when == "call" and out.get(nodeid) != "failed":
+                out[nodeid] = "passed" if rep.passed else "skipped"
+    return out
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    ledger, outcomes = config.stash[LEDGER], config.stash[OUTCOMES]
+    ledger, outcomes = config.stash[LEDGER], _outcomes(terminalreporter)
     bad = {k: v for k, v in outcomes.items()
            if "test_matrix_corpus.py::test_a_bad_matrix_is_refused" in k}
     if not ledger.faults and not bad:
