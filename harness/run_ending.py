@@ -95,6 +95,19 @@ def end_record(
     }
 
 
+def attempt_stages(records: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(cell, stage) recorded by this attempt of a run: after its last `resume` line. A resumed
+    run interrupted again must list a stage it never reached although an earlier attempt
+    recorded it (found by tests/faults: `not_run` was empty after Ctrl-C in a resumed run)."""
+    out: list[tuple[str, str]] = []
+    for rec in records:
+        if rec.get("kind") == "resume":
+            out = []
+        elif rec.get("kind") == "stage":
+            out.append((str(rec.get("cell")), str(rec.get("stage"))))
+    return out
+
+
 def ending_line(record: dict[str, Any], shown: int = 5) -> str:
     """The report's first line for a run that did not complete, else "" (a partial selection
     is a different thing and keeps its own wording)."""

@@ -52,6 +52,7 @@ from harness.results import now_iso
 from harness.results import read_records
 from harness.results import stage_results
 from harness.run_ending import SignalWatch
+from harness.run_ending import attempt_stages
 from harness.run_ending import end_record
 from harness.run_ending import ending_line
 from harness.run_ending import signals_deferred
@@ -503,7 +504,7 @@ class HarnessSession(UnitSession):
         selected = self._selected_pairs or [  # xdist's controller collects nothing itself
             (c.id, s.value) for s in Stage for c in self.cells_for(s)
         ]
-        recorded = [(r.cell, r.stage) for r in stage_results(self.store.path)]
+        recorded = attempt_stages(read_records(self.store.path))  # this attempt's only
         record = end_record(exit_status, self.signals.first, selected, recorded)
         self.store.end(record)
         return ending_line(record)

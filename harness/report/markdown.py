@@ -43,6 +43,8 @@ def cells_table(results: list[StageResult]) -> list[str]:
     for r in results:
         by_cell.setdefault(r.cell, {})[r.stage] = r
     stages = [s for s in STAGE_NAMES if any(s in row for row in by_cell.values())]
+    if not stages:  # nothing ran (e.g. interrupted while the first server started): no table
+        return []
     lines = ["| cell | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
     for cell, row in by_cell.items():
         cols = [_cell_text(row[s]) if s in row else "n/a" for s in stages]

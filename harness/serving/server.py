@@ -30,6 +30,7 @@ from harness.serving.http import post_json
 from harness.serving.logwatch import FAILURE_PATTERNS
 from harness.serving.logwatch import FailurePattern
 from harness.serving.logwatch import LogWatch
+from harness.serving.root_cause import root_cause_of
 
 SMOKE_PROMPT = "Question: Mia has 3 apples and gets 4 more. How many apples does she have?"
 
@@ -56,14 +57,18 @@ class ServerSpec:
 
 
 class ServerFailed(HarnessError):
-    """The server did not start, or stopped serving; carries the log tail and a hint."""
+    """The server did not start, or stopped serving; carries the root-cause lines of its log
+    (often far above the tail), the log tail and a hint."""
 
     def __init__(self, reason: str, hint: str = "", log_path: Path | None = None) -> None:
         self.reason = reason
         self.hint = hint
         self.log_path = log_path
+        self.root_cause = root_cause_of(log_path) if log_path else []
         self.log_tail = tail(log_path, 25) if log_path else ""
         text = reason
+        if self.root_cause:
+            text += "\n--- root cause in the server log ---\n" + "\n".join(self.root_cause)
         if log_path is not None:
             text += f"\n--- last lines of the server log ({log_path}) ---\n{self.log_tail}"
         super().__init__(text)

@@ -125,6 +125,9 @@ def test_a_server_that_exits_while_starting_reports_its_status_and_log(tmp_path)
     ):
         pass
     assert "something broke" in str(err.value)
+    assert err.value.root_cause == ["RuntimeError: something broke"]  # named before the tail
+    assert "--- root cause in the server log ---\nRuntimeError: something broke\n--- last" in \
+        str(err.value)
 
 
 def test_a_port_already_in_use_fails_before_anything_starts(tmp_path):

@@ -59,3 +59,29 @@ def test_past_its_bound_a_signal_interrupts_cleanup_again():
     with pytest.raises(KeyboardInterrupt, match="SIGINT during cleanup"), \
             signals_deferred(bound_s=0, say=False):
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_run_interrupted_before_any_stage_ended_has_no_broken_table():
+    # seen in tests/faults: Ctrl-C while the first server started gave "| cell |  |" + "|---|"
+    from harness.report.markdown import render_summary
+
+    text = render_summary([], "smoke-cpu", "r1")
+    assert "0 passed, 0 failed, 0 skipped across 0 cells" in text
+    assert "| cell" not in text and "|---|" not in text
+
+
+def test_a_resumed_run_counts_only_its_own_attempt_as_run():
+    from harness.run_ending import attempt_stages
+
+    records = [
+        {"kind": "run"},
+        {"kind": "stage", "cell": "c", "stage": "serving"},
+        {"kind": "stage", "cell": "c", "stage": "accuracy"},  # skipped in the first attempt
+        {"kind": "end", "status": "completed"},
+        {"kind": "resume"},
+        {"kind": "stage", "cell": "c", "stage": "serving"},
+    ]
+    assert attempt_stages(records) == [("c", "serving")]
+    end = end_record(2, "SIGINT", [("c", "serving"), ("c", "accuracy")], attempt_stages(records))
+    assert end["not_run"] == ["c [accuracy]"]
+    assert attempt_stages(records[:4]) == [("c", "serving"), ("c", "accuracy")]
