@@ -74,10 +74,27 @@ def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(parent, str):
         raise MatrixError(path, "extends", "must be a relative file name")
-    base = load_yaml(path.parent / parent, (*_chain, path))
+    base_path = path.parent / parent
+    base = _anchored(load_yaml(base_path, (*_chain, path)), base_path.resolve().parent)
     merged = {**base, **data}
     merged["extends"] = parent
     return merged
+
+
+def _anchored(base: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """A base's relative model paths stay relative to the base file, wherever the matrix that
+    extends it lives (a child's own models are relative to the child, as always)."""
+    models = base.get("models")
+    if not isinstance(models, dict):
+        return base
+
+    def anchor(model: Any) -> Any:
+        where = model.get("path") if isinstance(model, dict) else None
+        if not isinstance(where, str) or not where or Path(where).is_absolute():
+            return model
+        return {**model, "path": str((directory / where).resolve())}
+
+    return {**base, "models": {name: anchor(m) for name, m in models.items()}}
 
 
 def _load_unique(text: str, path: Path) -> Any:

@@ -148,3 +148,34 @@ overrides:
                            "env": {"VLLM_SKIP_WARMUP": True, "OMP_NUM_THREADS": 2}}
     assert by["moe"] == {"fp8_kv_cache": "native",
                          "env": {"VLLM_SKIP_WARMUP": True, "OMP_NUM_THREADS": 2, "EXTRA": "x"}}
+
+
+def test_a_matrix_elsewhere_that_extends_smoke_cpu_finds_its_models(tmp_path: Path) -> None:
+    """The base's relative model paths are relative to the base, not to the child."""
+    import os
+
+    from harness.matrix_files import MATRICES_DIR
+
+    base = os.path.relpath(MATRICES_DIR / "smoke-cpu.yaml", tmp_path)
+    child = tmp_path / "nightly-short.yaml"
+    child.write_text(f"extends: {base}\nname: short\nsettings:\n  accuracy: {{limit: 8}}\n")
+    cells = load_matrix(child).cells
+    paths = {c.model.path for c in cells}
+    assert paths == {
+        str((MATRICES_DIR / "../harness/miniature/weights" / name).resolve())
+        for name in ("tiny-llama", "tiny-moe")
+    }
+    assert all(Path(p).is_dir() for p in paths if p)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "b.yaml").write_text(
+        "name: b\nmodels:\n  a: {path: weights/a, num_attention_heads: 4}\naxes:\n"
+        "  device: [cpu]\n"
+    )
+    (tmp_path / "kid").mkdir()
+    kid = tmp_path / "kid" / "k.yaml"
+    kid.write_text("extends: ../base/b.yaml\nname: k\n")
+    assert {c.model.path for c in load_matrix(kid).cells} == {str(tmp_path / "base/weights/a")}
+    kid.write_text(  # a child's own models are relative to the child
+        "extends: ../base/b.yaml\nname: k\nmodels:\n  a: {path: mine, num_attention_heads: 4}\n"
+    )
+    assert {c.model.path for c in load_matrix(kid).cells} == {str(tmp_path / "kid/mine")}
