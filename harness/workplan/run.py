@@ -43,7 +43,7 @@ class ClusterShape:
 
     def as_record(self) -> dict[str, Any]:
         return {"kind": "cluster", "resource": self.resource, "nodes": self.nodes,
-                "cards_per_node": self.cards_per_node}
+                "cards_per_node": self.cards_per_node, "address": self.address}
 
 
 def start_cluster(backend: Backend, cells: Sequence[Cell], run_id: str) -> ClusterShape:

@@ -74,6 +74,9 @@ class HarnessRun:
     registry: Path
     groups: dict[int, dict[str, Any]] = field(default_factory=dict)  # pgid -> group record
     owner_file: Path | None = None
+    # a `pytest -n` run: its xdist workers record the groups they start under their own pids,
+    # so every file of the (per-test) registry dir is read
+    every_file: bool = False
 
     @property
     def pid(self) -> int:
@@ -84,8 +87,9 @@ class HarnessRun:
 
     def poll_groups(self) -> dict[int, dict[str, Any]]:
         """Remember every group the run recorded so far (read from its registry file)."""
-        for path in self.registry.glob(f"{self.pid}-*.jsonl"):
-            self.owner_file = path
+        for path in self.registry.glob("*.jsonl" if self.every_file else f"{self.pid}-*.jsonl"):
+            if path.name.startswith(f"{self.pid}-"):
+                self.owner_file = path
             with contextlib.suppress(OSError):
                 for line in path.read_text(encoding="utf-8").splitlines():
                     with contextlib.suppress(ValueError):
