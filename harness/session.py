@@ -501,8 +501,9 @@ class HarnessSession(UnitSession):
         line that heads its reports when it did not complete ("" when it did)."""
         if not self.store.path.is_file():
             return ""
-        selected = self._selected_pairs or [  # xdist's controller collects nothing itself
+        selected = self._selected_pairs or self.collected_pairs() or [
             (c.id, s.value) for s in Stage for c in self.cells_for(s)
+            if (c.id, s.value) not in self.done  # --resume: passed before, not run again
         ]
         recorded = attempt_stages(read_records(self.store.path))  # this attempt's only
         record = end_record(exit_status, self.signals.first, selected, recorded)

@@ -94,6 +94,15 @@ class UnitSession:
         )
         return self.scheduling
 
+    def collected_pairs(self) -> list[tuple[str, str]]:
+        """Controller: the (cell, stage) items the workers collected (after -k, -m, --resume);
+        [] before collection or without -n. xdist's controller collects nothing itself."""
+        from harness.workplan.dispatch import suite_item
+
+        collection = self.scheduling.collection if self.scheduling is not None else None
+        pairs = [suite_item(nodeid) for nodeid in collection or []]
+        return [(cell, stage.value) for cell, stage in (p for p in pairs if p is not None)]
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Controller: a failed item of a node phase keeps later units off its nodes."""
         if report.failed and self.scheduling is not None:
