@@ -89,8 +89,8 @@ def pytest_configure(config: pytest.Config) -> None:
             os.environ["RAY_ADDRESS"] = address
         if workplan_run.distributed(config) and not options.plan:
             session.plan_units()  # before xdist starts the workers, which join its cluster
-        elif worker is not None and worker.get("harness_units"):
-            session.join_units(str(worker["harness_units"]), str(worker["harness_ray_address"]))
+        elif worker is not None and worker.get("harness_cluster"):
+            session.join_units(worker["harness_cluster"])
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
     if worker is None and not options.plan:  # what a crashed (SIGKILLed) run left behind

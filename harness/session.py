@@ -384,8 +384,7 @@ class HarnessSession(UnitSession):
         self.open_store()
         node.workerinput["harness_run_id"] = self.store.run_id
         if self.shape is not None:
-            node.workerinput["harness_units"] = self.shape.resource
-            node.workerinput["harness_ray_address"] = self.shape.address
+            node.workerinput["harness_cluster"] = self.shape.as_record()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:

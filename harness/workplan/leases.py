@@ -105,6 +105,7 @@ class LeaseManager:
         book: Path | None = None,
         timeout_s: float = 600.0,
         detached: bool = False,
+        node_ids: Sequence[str] = (),
     ) -> None:
         if resource not in ("HPU", "CPU"):
             raise ValueError(f"lease resource {resource!r}: HPU (gaudi) or CPU (cpu)")
@@ -116,6 +117,8 @@ class LeaseManager:
         # worker): only remove_leftovers removes them when the holder dies
         self.lifetime = "detached" if detached else None
         self.host = socket.gethostname()
+        # the Ray node of each scheduler node index (default: alive_nodes' order)
+        self.node_ids = tuple(node_ids)
 
     @contextlib.contextmanager
     def lease(self, unit: WorkUnit, nodes: Sequence[int] = ()) -> Iterator[Lease]:
@@ -170,13 +173,13 @@ class LeaseManager:
     def _labels(self, unit: WorkUnit, nodes: Sequence[int]) -> list[dict[str, str]]:
         if not nodes:
             return []
-        known = alive_nodes(self.resource)
+        known = self.node_ids or tuple(n["NodeID"] for n in alive_nodes(self.resource))
         if len(nodes) != unit.demand.nodes or max(nodes) >= len(known):
             raise LeaseError(
                 f"unit {unit.id}: asked for nodes {list(nodes)} but it needs "
                 f"{unit.demand.nodes} of the {len(known)} Ray node(s) with {self.resource}"
             )
-        return [{NODE_LABEL: known[i]["NodeID"]} for i in nodes]
+        return [{NODE_LABEL: known[i]} for i in nodes]
 
     def _probe(self, group: Any, bundles: int, cards: int) -> tuple[LeasedNode, ...]:
         """Which node each bundle is on, and (HPU) the card instances Ray gave it."""

@@ -8,7 +8,9 @@ cells onto it; a cell that cannot fit is a usage error naming it, before anythin
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from collections.abc import Collection
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,16 +36,32 @@ def distributed(config: Any) -> bool:
 
 @dataclass(frozen=True)
 class ClusterShape:
-    """What the plan is laid on: Ray nodes with `resource`, `cards_per_node` of it each."""
+    """What the plan is laid on: Ray nodes with `resource`, `cards_per_node` of it each; the
+    nodes are this host's (the harness starts every unit's processes here)."""
 
     resource: str
-    nodes: int
+    node_ids: tuple[str, ...]  # the Ray node of each scheduler node index
     cards_per_node: int
     address: str
+    elsewhere: int = 0  # nodes of the cluster on other hosts, left unused
+
+    @property
+    def nodes(self) -> int:
+        return len(self.node_ids)
 
     def as_record(self) -> dict[str, Any]:
         return {"kind": "cluster", "resource": self.resource, "nodes": self.nodes,
-                "cards_per_node": self.cards_per_node, "address": self.address}
+                "cards_per_node": self.cards_per_node, "address": self.address,
+                "node_ids": list(self.node_ids), "unused_nodes_elsewhere": self.elsewhere}
+
+    def unused(self) -> str:
+        """Why nodes of the cluster are not used ("" when all are)."""
+        if not self.elsewhere:
+            return ""
+        return (f"{self.elsewhere} Ray node(s) with {self.resource} on other hosts are not "
+                f"used: under -n the harness starts each unit's server and clients on its own "
+                f"host, so it plans onto this host's {self.nodes} node(s); run from each host, "
+                "or without -n for cells that span hosts")
 
 
 def start_cluster(backend: Backend, cells: Sequence[Cell], run_id: str) -> ClusterShape:
@@ -54,10 +72,26 @@ def start_cluster(backend: Backend, cells: Sequence[Cell], run_id: str) -> Clust
     ray = backend.ray_cluster(widest)
     LeaseManager(run_id, resource).remove_leftovers()
     nodes = alive_nodes(resource)
-    if not nodes:
-        raise PlanError(f"the Ray cluster at {ray.address} has no node with {resource}")
-    cards = min(int(n["Resources"][resource]) for n in nodes)
-    return ClusterShape(resource, len(nodes), cards, ray.address)
+    here = [n for n in nodes if n.get("NodeManagerAddress") in local_addresses()]
+    if not here:
+        raise PlanError(
+            f"the Ray cluster at {ray.address} has no node with {resource} on this host "
+            f"({len(nodes)} elsewhere); under -n the harness runs each unit's processes on its "
+            "own host: run it on a node of the cluster"
+        )
+    cards = min(int(n["Resources"][resource]) for n in here)
+    ids = tuple(n["NodeID"] for n in here)
+    return ClusterShape(resource, ids, cards, ray.address, len(nodes) - len(here))
+
+
+def local_addresses() -> set[str]:
+    """The addresses Ray may give a node on this host."""
+    import ray
+
+    found = {"127.0.0.1", ray.util.get_node_ip_address()}
+    with contextlib.suppress(OSError):
+        found |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    return {str(a) for a in found}
 
 
 def join(address: str) -> None:
@@ -68,8 +102,13 @@ def join(address: str) -> None:
 def plan_run(
     cells: Sequence[Cell], stages: Collection[Stage] | None, shape: ClusterShape
 ) -> WorkPlan:
-    """The units of the selected cells on the cluster (a cell that cannot fit: PlanError)."""
-    return build_plan(cells, shape.nodes, shape.cards_per_node, stages)
+    """The units of the selected cells on the cluster (a cell that cannot fit: PlanError,
+    saying why nodes elsewhere do not count)."""
+    try:
+        return build_plan(cells, shape.nodes, shape.cards_per_node, stages)
+    except PlanError as exc:
+        why = shape.unused()
+        raise PlanError(f"{exc}{f' ({why})' if why else ''}") from None
 
 
 def references(

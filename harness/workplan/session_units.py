@@ -6,6 +6,7 @@ without `-n` none of its state is set and every hook here does nothing.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -61,22 +62,25 @@ class UnitSession:
             return
         self.shape = run.start_cluster(self.backend, cells, self.store.run_id)
         self.plan = run.plan_run(cells, self.options.stages, self.shape)
+        if self.shape.unused():
+            print(f"harness: {self.shape.unused()}", file=sys.stderr)
         self.open_store()
         self.store.append_record(self.shape.as_record())
 
-    def join_units(self, resource: str, address: str) -> None:
+    def join_units(self, cluster: dict[str, Any]) -> None:
         """Worker: lease each unit's cards while its items run (harness/workplan/worker.py), on
-        the controller's Ray cluster at `address`."""
+        the controller's Ray cluster (`ClusterShape.as_record()`), on the nodes it planned on."""
         from harness.workplan import run
         from harness.workplan.leases import LeaseManager
         from harness.workplan.worker import UnitWorker
 
-        run.join(address)
+        run.join(str(cluster["address"]))
         cells = {c.id: c for c in self.matrix.cells}
         self.units = UnitWorker(
             self.store.dir,
             self.store,
-            LeaseManager(self.store.run_id, resource),
+            LeaseManager(self.store.run_id, str(cluster["resource"]),
+                         node_ids=[str(n) for n in cluster["node_ids"]]),
             lambda cell_id: self.backend.ray_cluster(cells[cell_id]),
         )
 

@@ -14,6 +14,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from harness import process
 from harness.cell import Stage
 from harness.cluster import RayCluster
@@ -282,3 +284,19 @@ def test_a_worker_leases_each_unit_hands_multinode_servers_their_cards_and_recor
     recorded = [UnitRecord.from_dict(r) for r in lines if r.get("kind") == "unit"]
     assert [r.unit for r in recorded] == [u.id for u in units]
     assert recorded[1].cards == ((0, 2), (0, 3), (1, 2), (1, 3)) and recorded[2].kind == "serving"
+
+
+def test_a_cluster_run_plans_onto_this_hosts_nodes_and_says_why_the_others_are_unused() -> None:
+    from harness.workplan.run import ClusterShape
+    from harness.workplan.run import plan_run
+    from harness.workplan.units import PlanError
+
+    cells = load_matrix("nightly-g2").cells
+    here = ClusterShape("HPU", ("head",), 8, "10.0.0.1:6379", elsewhere=1)
+    assert here.as_record()["unused_nodes_elsewhere"] == 1 and here.nodes == 1
+    with pytest.raises(PlanError, match=r"cell llama-3\.1-405b/g2/tp8/fp8-kv-fp8_inc: .*2 node"
+                       r".*\(1 Ray node\(s\) with HPU on other hosts are not used: .*without -n"):
+        plan_run(cells, None, here)
+    small = [c for c in cells if "405b" not in c.id]
+    assert plan_run(small, None, here).nodes == 1
+    assert ClusterShape("HPU", ("a", "b"), 8, "x:1").unused() == ""
