@@ -98,7 +98,10 @@ def pytest_configure(config: pytest.Config) -> None:
             print(f"harness: stopped a crashed run's leftover: {left.describe()}", file=sys.stderr)
     process_registry.activate(run_id=session.store.run_id)
     config.pluginmanager.register(session, PLUGIN_NAME)
-    config.pluginmanager.register(ProgressPlugin(config), "harness-progress")
+    # a `pytest -n` run: workers write their progress lines where the controller follows them
+    units = session.plan is not None or (worker is not None and "harness_cluster" in worker)
+    shared = session.store.dir / "progress" if units else None
+    config.pluginmanager.register(ProgressPlugin(config, shared), "harness-progress")
     stop_on_sigterm()
     session.signals.install()  # after stop_on_sigterm: it notes the signal, then that acts
 

@@ -170,19 +170,95 @@ def installed(progress: Progress | None) -> Iterator[Progress | None]:
         _current = previous
 
 
-class ProgressPlugin:
-    """Binds the module functions to this run's terminal reporter. On an xdist worker it
-    binds nothing (its stdout goes nowhere the user sees), so progress there is a no-op."""
+class FileReporter:
+    """What a `pytest -n` worker's Progress writes to: lines appended to a file the controller
+    follows (a worker's own terminal goes nowhere the user sees)."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    isatty = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def ensure_newline(self) -> None:
+        pass
+
+    def write_line(self, text: str) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(text.replace("\n", " ") + "\n")
+
+    def rewrite(self, text: str, erase: bool = False) -> None:  # never on a file: no TTY
+        self.write_line(text)
+
+
+class Follower:
+    """The controller of a `pytest -n` run prints its workers' progress lines as they come,
+    each with its worker's name, from a daemon thread (xdist's loop only wakes on events)."""
+
+    def __init__(self, directory: Path, reporter: Any, poll_s: float = 1.0) -> None:
+        self.directory = directory
+        self.reporter = reporter
+        self.poll_s = poll_s
+        self._offsets: dict[Path, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="harness-progress", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        self.drain()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.drain()
+
+    def drain(self) -> None:
+        """Print every complete line written since the last call."""
+        for path in sorted(self.directory.glob("*.log")):
+            start = self._offsets.get(path, 0)
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(start)
+                    chunk = fh.read()
+            except OSError:
+                continue
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            self._offsets[path] = start + len(complete)
+            for line in complete.decode("utf-8", "replace").splitlines():
+                self.reporter.ensure_newline()
+                self.reporter.write_line(f"[{path.stem}] {line}")
+
+
+class ProgressPlugin:
+    """Binds the module functions to this run's terminal reporter. In a `pytest -n` run
+    (`shared` is the run's progress directory) a worker writes its lines there and the
+    controller follows them; without a directory a worker binds nothing (no-op)."""
+
+    def __init__(self, config: pytest.Config, shared: Path | None = None) -> None:
         self.config = config
+        self.shared = shared
         self._ctx: AbstractContextManager[Progress | None] | None = None
+        self._follower: Follower | None = None
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is None or hasattr(self.config, "workerinput"):
+        worker = getattr(self.config, "workerinput", None)
+        if worker is not None:
+            if self.shared is not None:
+                sink = FileReporter(self.shared / f"{worker.get('workerid', 'gw')}.log")
+                self._ctx = installed(Progress(sink))
+                self._ctx.__enter__()
             return
+        if reporter is None:
+            return
+        if self.shared is not None:
+            self._follower = Follower(self.shared, reporter)
+            self._follower.start()
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         self._ctx = installed(Progress(reporter, capture))
         self._ctx.__enter__()
@@ -192,6 +268,9 @@ class ProgressPlugin:
         done()
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
         if self._ctx is not None:
             self._ctx.__exit__(None, None, None)
             self._ctx = None

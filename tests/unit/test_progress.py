@@ -150,3 +150,37 @@ def test_a_real_run_on_a_tty_rewrites_in_place_and_clears_before_the_outcome(pyt
     after = lines[lines.index(shown[-1]) + 1:lines.index(shown[-1]) + 3]
     assert after[0].strip() == "" and after[1].startswith("test_inner.py::test_stage PASSED")
     assert "accuracy:" not in junit
+
+
+def test_a_workers_progress_reaches_the_controller_line_by_line(tmp_path):
+    """pytest -n: a worker's Progress writes to a file, the controller prints whole lines
+    with the worker's name, each once."""
+    from harness.progress import FileReporter
+    from harness.progress import Follower
+    from harness.progress import Progress
+
+    class Terminal:
+        def __init__(self):
+            self.lines = []
+
+        def ensure_newline(self):
+            pass
+
+        def write_line(self, text):
+            self.lines.append(text)
+
+    worker = Progress(FileReporter(tmp_path / "gw1.log"), clock=lambda: 0.0)
+    worker.update("accuracy: 3/40 problems", new_phase=True)
+    worker.update("accuracy: 4/40 problems")  # same phase within the interval: held back
+    with (tmp_path / "gw0.log").open("w") as fh:
+        fh.write("[harness] serving: starting\n[harness] half a li")
+    terminal = Terminal()
+    follower = Follower(tmp_path, terminal)
+    follower.drain()
+    assert terminal.lines == ["[gw0] [harness] serving: starting",
+                              "[gw1] [harness] accuracy: 3/40 problems"]
+    with (tmp_path / "gw0.log").open("a") as fh:
+        fh.write("ne\n")
+    follower.drain()
+    follower.drain()
+    assert terminal.lines[2:] == ["[gw0] [harness] half a line"]
