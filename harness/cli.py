@@ -186,6 +186,27 @@ def _cmd_leftovers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_units(args: argparse.Namespace) -> int:
+    """The work units a `pytest -n` run would plan on `--nodes` nodes, in simulated order."""
+    import json
+
+    from harness.devices import device
+    from harness.workplan.plan import build_plan
+    from harness.workplan.render import render
+    from harness.workplan.render import units_report
+
+    _, cells, stages = _selection(args)
+    cards = args.cards
+    if cards is None:  # a Gaudi node's cards, or the cpu backend's local Ray node
+        from harness.backends.cpu.preflight import RAY_NODE_CPUS
+
+        cpu = cells[0].device == "cpu"
+        cards = RAY_NODE_CPUS if cpu else device(cells[0].device).cards_per_node
+    report = units_report(build_plan(cells, args.nodes, cards, stages))
+    print(json.dumps(report, indent=1) if args.json else render(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--stages", metavar="STAGES")
     plan.add_argument("--json", action="store_true", help="the plan as JSON records, per cell")
     plan.set_defaults(func=_cmd_plan)
+
+    units = sub.add_parser(
+        "units", help="The work units `pytest -n` would run on a cluster, in simulated order"
+    )
+    units.add_argument("--matrix", default="smoke-cpu", metavar="NAME|PATH")
+    units.add_argument("--nodes", type=int, default=1, help="nodes of the cluster (default 1)")
+    units.add_argument("--cards", type=int, help="cards per node (default: the device's)")
+    units.add_argument("--cells", metavar="GLOBS")
+    units.add_argument("--stages", metavar="STAGES")
+    units.add_argument("--json", action="store_true", help="the units as JSON")
+    units.set_defaults(func=_cmd_units)
 
     coll = sub.add_parser(
         "collectives", help="check hccl_demo output run by hand: `collectives check LOG...`"

@@ -33,7 +33,7 @@ KeyFunction = Callable[[Cell], str]
 TWIN_NOTES = {
     "start": "an FP8 cell's serving phase starts once its BF16 twin's has started (so the twin "
     "is sure to finish); its accuracy gate waits for the twin's accuracy in the run's store "
-    "(workplan.twins.wait_for_twin)",
+    "(workplan.twins.TwinWaitingReferences)",
     "finish": "an FP8 cell's serving phase waits for its BF16 twin's serving phase to finish: "
     "the FP8 accuracy gate is judged against the twin's accuracy, read from the run's store",
 }

@@ -300,3 +300,23 @@ def test_a_cluster_run_plans_onto_this_hosts_nodes_and_says_why_the_others_are_u
     small = [c for c in cells if "405b" not in c.id]
     assert plan_run(small, None, here).nodes == 1
     assert ClusterShape("HPU", ("a", "b"), 8, "x:1").unused() == ""
+
+
+def test_harness_units_shows_the_plan_a_cluster_run_would_follow(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+    from harness.workplan.figures import overlaps
+
+    assert main(["units", "--matrix", "smoke-cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["nodes"], report["cards_per_node"], len(report["units"])) == (1, 2, 6)
+    assert report["units"][0]["unit"] == "node/cpu/n1/0" and report["units"][0]["start_s"] == 0
+    records = [UnitRecord(u["unit"], u["start_s"], u["end_s"], tuple(map(tuple, u["cards"])))
+               for u in report["units"]]
+    assert all(len(u["cards"]) == u["nodes"] * u["cards_per_node"] for u in report["units"])
+    assert overlaps(records) == []  # the simulated order never shares a card
+    assert main(["units", "--matrix", "nightly-g2", "--nodes", "2"]) == 0
+    assert "11 units on 2 node(s) x 8 card(s)" in capsys.readouterr().out
+    assert main(["units", "--matrix", "nightly-g2", "--nodes", "1"]) == 2
+    assert "cell llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc: its calibration at TP16" in (
+        capsys.readouterr().err
+    )
