@@ -10,6 +10,7 @@ handed to it explicitly: its `StageContext` (via the `stage` fixture) and its ce
 from __future__ import annotations
 
 import fnmatch
+import functools
 import gc
 import os
 import platform
@@ -171,8 +172,9 @@ class HarnessSession(UnitSession):
         self.baseline = load_baseline(options.results_dir, options.baseline)
         self._params: dict[str, Any] = {}
         self._order = self._run_order()
-        self._selected: set[str] = set()
+        self._selected: frozenset[str] = frozenset()
         self._selected_pairs: list[tuple[str, str]] = []  # (cell id, stage) of the items
+        self._selected_pair_set: frozenset[tuple[str, str]] = frozenset()  # the same, to look up
         self.signals = SignalWatch()  # which signal stopped the run, for its end record
         self._opened = False
         self.history: HistoryWriter | None = None
@@ -296,13 +298,13 @@ class HarnessSession(UnitSession):
     def _references(self) -> References:
         """BF16 twins of this run; then, with a history database, its last passing BF16 run.
         In a `pytest -n` run the twin runs beside: a lookup waits for its record first."""
-        run = RunReferences(self.store, [c.id for c in self.matrix.cells], self._selected)
+        run = RunReferences(self.store, self._matrix_ids, self._selected)
         this_run: References = run
         if self.units is not None:
             from harness.workplan.twins import TwinWaitingReferences
 
             this_run = TwinWaitingReferences(
-                run, self.store, self._selected_pairs, self._twin_wait_s
+                run, self.store, self._selected_pair_set, self._twin_wait_s
             )
         history, like = self.history, self.like
         if history is None or like is None:
@@ -315,6 +317,11 @@ class HarnessSession(UnitSession):
             return HistoryReferences(run, history.reader(), like)
 
         return FallbackReferences(this_run, from_history)
+
+    @functools.cached_property
+    def _matrix_ids(self) -> frozenset[str]:
+        """Every cell id of the matrix, formatted once (each stage's references word a miss)."""
+        return frozenset(c.id for c in self.matrix.cells)
 
     def _twin_wait_s(self, cell_id: str) -> float:
         """How long an FP8 cell waits for its twin: the twin's start-up and accuracy time."""
@@ -367,12 +374,13 @@ class HarnessSession(UnitSession):
             config.hook.pytest_deselected(items=empty)
         items[:] = sorted((i for i in items if i not in empty), key=self.sort_key)
         ids = {id(c): c.id for c in map(cell_of, items) if c is not None}  # cells are shared
-        self._selected = set(ids.values())
+        self._selected = frozenset(ids.values())  # built once: every stage's references use it
         self._selected_pairs = [
             (ids[id(cell)], stage.value)
             for cell, stage in ((cell_of(i), stage_of(i)) for i in items)
             if cell is not None and stage is not None
         ]
+        self._selected_pair_set = frozenset(self._selected_pairs)
 
     def _passed_before(self, item: pytest.Item) -> bool:
         cell, stage = cell_of(item), stage_of(item)

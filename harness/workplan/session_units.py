@@ -37,7 +37,7 @@ class UnitSession:
     options: RunOptions
     store: RunStore
     failures: dict[str, str]
-    _selected_pairs: list[tuple[str, str]]
+    _selected_pair_set: frozenset[tuple[str, str]]
 
     plan: WorkPlan | None = None  # the controller's plan of the selected cells
     shape: ClusterShape | None = None  # the cluster it is laid on
@@ -101,11 +101,9 @@ class UnitSession:
     def collected_pairs(self) -> list[tuple[str, str]]:
         """Controller: the (cell, stage) items the workers collected (after -k, -m, --resume);
         [] before collection or without -n. xdist's controller collects nothing itself."""
-        from harness.workplan.dispatch import suite_item
-
-        collection = self.scheduling.collection if self.scheduling is not None else None
-        pairs = [suite_item(nodeid) for nodeid in collection or []]
-        return [(cell, stage.value) for cell, stage in (p for p in pairs if p is not None)]
+        if self.scheduling is None:
+            return []
+        return [(cell, stage.value) for cell, stage in self.scheduling.items()]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Controller: a failed item of a node phase keeps later units off its nodes."""
@@ -120,7 +118,7 @@ class UnitSession:
             self._index = {i.nodeid: n for n, i in enumerate(item.session.items)}
         try:
             found = units.setup(
-                self._index[item.nodeid], cell.id, stage.value, self._selected_pairs
+                self._index[item.nodeid], cell.id, stage.value, self._selected_pair_set
             )
         except HarnessError as exc:
             pytest.fail(str(exc), pytrace=False)

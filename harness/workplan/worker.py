@@ -19,7 +19,6 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from collections.abc import Collection
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -29,9 +28,11 @@ import pytest
 
 from harness import cluster
 from harness import process
+from harness.cell import Stage
 from harness.recording import one_line
 from harness.results import RunStore
 from harness.results import StageResult
+from harness.results import stage_results
 from harness.workplan.dispatch import Ticket
 from harness.workplan.dispatch import read_assignment
 from harness.workplan.figures import UnitRecord
@@ -120,7 +121,7 @@ class UnitWorker:
         return lease
 
     def setup(
-        self, index: int, cell_id: str, stage: str, selected: Collection[tuple[str, str]]
+        self, index: int, cell_id: str, stage: str, selected: frozenset[tuple[str, str]]
     ) -> ItemSetup:
         """Enter item `index`'s unit; say what it refers to and what failed in other units.
         `selected`: the run's (cell, stage) items."""
@@ -135,12 +136,17 @@ class UnitWorker:
             found = self.store.latest(ref[1], stage)
             referenced = (found, ref[0]) if found is not None else None
         failed: dict[str, str] = {}
-        if ticket is not before:
+        if ticket is not before:  # its cells' stages that ran in another unit (calibration)
             sent = {(c, s.value) for c, s in ticket.unit.items}
-            for cell, name in selected:
-                elsewhere = (cell, name) not in sent and f"{cell}::{name}" not in ticket.references
-                if cell in ticket.unit.cells and elsewhere:
-                    found = self.store.latest(cell, name)
+            elsewhere = [
+                (cell, s.value) for cell in ticket.unit.cells for s in Stage
+                if (cell, s.value) in selected and (cell, s.value) not in sent
+                and f"{cell}::{s.value}" not in ticket.references
+            ]
+            if elsewhere:
+                last = {(r.cell, r.stage): r for r in stage_results(self.store.path)}
+                for cell, name in elsewhere:
+                    found = last.get((cell, name))
                     if found is not None and found.status == "failed":
                         failed.setdefault(cell, f"{name} failed: {one_line(found.message, cell)}")
         return ItemSetup(referenced, failed)

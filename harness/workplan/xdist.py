@@ -27,6 +27,7 @@ from xdist.workermanage import WorkerController
 from xdist.workermanage import parse_tx_spec_config
 
 from harness import fileio
+from harness.cell import Stage
 from harness.workplan.dispatch import Dispatcher
 from harness.workplan.dispatch import suite_item
 from harness.workplan.dispatch import write_assignment
@@ -59,7 +60,6 @@ class UnitScheduling:
         self.numnodes = numnodes if numnodes is not None else len(parse_tx_spec_config(config))
         self.node2collection: dict[WorkerController, list[str]] = {}
         self.node2pending: dict[WorkerController, list[int]] = {}
-        self.node2unit: dict[WorkerController, str] = {}
         self.collection: list[str] | None = None
         self.dispatcher: Dispatcher | None = None
         self.stuck = ""  # why the rest of the plan cannot run (then the run ends)
@@ -106,8 +106,7 @@ class UnitScheduling:
         if item_index in pending:
             pending.remove(item_index)
         assert self.dispatcher is not None
-        if self.dispatcher.complete(item_index) is not None or not pending:
-            self.node2unit.pop(node, None)
+        self.dispatcher.complete(item_index)
         self._fill()
 
     def note_failed(self, nodeid: str) -> None:
@@ -128,7 +127,6 @@ class UnitScheduling:
         """A worker went away: at shutdown with nothing pending, or crashed inside a unit.
         A crashed unit's items are settled (its cards are free, the rest never runs)."""
         pending = self.node2pending.pop(node)
-        self.node2unit.pop(node, None)
         self.node2collection.pop(node, None)
         if not pending:
             return None
@@ -151,6 +149,12 @@ class UnitScheduling:
             self.dispatcher = self.dispatcher_for(first)
             self._write_index(self.dispatcher)
         self._fill()
+
+    def items(self, indices: Sequence[int] | None = None) -> list[tuple[str, Stage]]:
+        """(cell, stage) of the collected suite items at `indices` (None: all of them)."""
+        collection = self.collection or []
+        nodeids = collection if indices is None else [collection[i] for i in indices]
+        return [pair for pair in map(suite_item, nodeids) if pair is not None]
 
     # how work is handed out ----------------------------------------------------------------
     def _fill(self) -> None:
@@ -183,12 +187,8 @@ class UnitScheduling:
     def _send(self, node: WorkerController, found: Assignment | None, indices: list[int]) -> None:
         if found is not None:
             assert self.dispatcher is not None
-            assert self.collection is not None
-            sent = [suite_item(self.collection[i]) for i in indices]
-            items = [pair for pair in sent if pair is not None]
-            refs = references(self.dispatcher.scheduler.plan, found, items)
+            refs = references(self.dispatcher.scheduler.plan, found, self.items(indices))
             write_assignment(self.run_dir, found, indices, refs)
-            self.node2unit[node] = found.unit.id
         self.node2pending[node].extend(indices)
         self.log(f"unit {found.unit.id if found else LOOSE}: {len(indices)} item(s) to {node}")
         node.send_runtest_some(indices)

@@ -320,3 +320,26 @@ def test_harness_units_shows_the_plan_a_cluster_run_would_follow(capsys: pytest.
     assert "cell llama-3.1-405b/g2/tp8/fp8-kv-fp8_inc: its calibration at TP16" in (
         capsys.readouterr().err
     )
+
+
+def test_a_new_unit_learns_that_its_cells_calibration_failed_in_another_unit(
+    tmp_path: Path,
+) -> None:
+    from harness.results import StageResult
+
+    store = RunStore(tmp_path, "run")
+    store.open({})
+    unit = WorkUnit("serving/c", UnitKind.SERVING, ("c",), (Stage.SERVING, Stage.ACCURACY),
+                    Demand(1, 1), items=(("c", Stage.SERVING), ("c", Stage.ACCURACY)))
+    write_assignment(store.dir, Assignment(unit, {0: (0,)}), [0, 1])
+    index_path(store.dir).write_text(json.dumps({"0": unit.id, "1": unit.id}))
+    store.append(StageResult("c", "calibration", "failed", message="c [calibration]: no scales"))
+    store.append(StageResult("d", "calibration", "failed", message="another cell's"))
+    worker = UnitWorker(store.dir, store, Leases(), lambda cell: RayCluster("127.0.0.1:1"))  # type: ignore[arg-type]
+    selected = frozenset(
+        [("c", "calibration"), ("c", "serving"), ("c", "accuracy"), ("d", "calibration")]
+    )
+    first = worker.setup(0, "c", "serving", selected)
+    assert first.failed_elsewhere == {"c": "calibration failed: [calibration]: no scales"}
+    assert worker.setup(1, "c", "accuracy", selected).failed_elsewhere == {}  # once a unit
+    worker.leave()
