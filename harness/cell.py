@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
@@ -118,6 +119,11 @@ class Cell:
     @property
     def multi_node(self) -> bool:
         return self.nodes > 1
+
+    def with_serving_host(self, host: str) -> Cell:
+        """The cell served at `host` (a `pytest -n` unit's leased node on another host)."""
+        serving = self.settings.serving.model_copy(update={"host": host})
+        return replace(self, settings=self.settings.model_copy(update={"serving": serving}))
 
     def runs(self, stage: Stage | str) -> bool:
         """Whether this cell has `stage` in its stage list."""

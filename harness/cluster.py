@@ -145,6 +145,22 @@ def local_facts(spec: dict[str, Any]) -> dict[str, Any]:
     return _facts_function()(spec)
 
 
+def facts_on(node_id: str, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """The same probe on one Ray node (a work unit's leased node on another host)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(_facts_function()).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
+    )
+    try:
+        found: dict[str, Any] = ray.get(probe.remote(spec), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise ClusterError(f"the probe on node {node_id[:8]} did not finish within "
+                           f"{timeout_s:g} s") from None
+    return found
+
+
 # -- the cluster --------------------------------------------------------------------------
 
 
@@ -251,14 +267,15 @@ class RayCluster:
             remove_placement_group(group)
 
     def node_facts(
-        self, spec: dict[str, Any], timeout_s: float = 120.0
+        self, spec: dict[str, Any], timeout_s: float = 120.0, only: frozenset[str] | None = None
     ) -> dict[str, dict[str, Any]]:
-        """The probe on every alive node (a task pinned to each), keyed by 'ip/node-id'."""
+        """The probe on every alive node (or those of node ids `only`; a task pinned to each),
+        keyed by 'ip/node-id'."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         probe = ray.remote(num_cpus=0)(_facts_function())
-        alive = self.figures().alive
+        alive = [n for n in self.figures().alive if only is None or n.node_id in only]
         refs = [
             probe.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)

@@ -17,33 +17,91 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import Any
+from typing import Protocol
 
 from harness import process_registry
 from harness.errors import HarnessError
 
+
+class Running(Protocol):
+    """A started process group: here (ManagedProcess) or on a leased node of another host."""
+
+    command: Command
+    log_path: Path
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout_s: float) -> int: ...
+
+    def stop(self, grace_s: float = 5.0) -> None: ...
+
+
+class Site(Protocol):
+    """Where a work unit's processes run when its lease is a Ray node other than the harness's
+    own (harness.workplan.node_site): commands start there, servers bind its address."""
+
+    @property
+    def label(self) -> str: ...  # "ip/node-id", as the report names a node
+
+    @property
+    def address(self) -> str: ...  # the node's address: servers bind it, clients connect to it
+
+    def start(self, command: Command, log_path: Path) -> Running: ...
+
+    def free_port(self) -> int: ...
+
+    def port_in_use(self, port: int) -> bool: ...
+
+    def facts(self, spec: dict[str, Any]) -> dict[str, Any]: ...
+
+
 _cores: frozenset[int] = frozenset()  # the cores a leased work unit's processes run on
 _placement: dict[str, str] = {}  # and the env that makes them use its devices
+_site: Site | None = None  # the leased node, when it is not the harness's own
 
 
 @contextlib.contextmanager
-def placed(cores: Iterable[int] = (), env: Mapping[str, str] | None = None) -> Iterator[None]:
+def placed(
+    cores: Iterable[int] = (), env: Mapping[str, str] | None = None, site: Site | None = None
+) -> Iterator[None]:
     """Every process started in the block runs on a work unit's lease (`pytest -n`): on `cores`
     (cpu; the harness itself is not confined, so its checks still see the host; cores this
     process may not use are left out, none left: no confinement) and with `env` over its own
-    (HABANA_VISIBLE_MODULES, or the cpu cores as VLLM_CPU_OMP_THREADS_BIND)."""
-    global _cores, _placement
-    before = _cores, _placement
-    _cores = frozenset(cores) & frozenset(os.sched_getaffinity(0))
+    (HABANA_VISIBLE_MODULES, or the cpu cores as VLLM_CPU_OMP_THREADS_BIND).
+
+    With `site` (a leased node elsewhere) `start()` starts there, and the site applies `env`
+    and the cores; what still starts here (clients) is not confined."""
+    global _cores, _placement, _site
+    before = _cores, _placement, _site
+    _cores = frozenset(cores) & frozenset(os.sched_getaffinity(0)) if site is None else frozenset()
     _placement = dict(env or {})
+    _site = site
     try:
         yield
     finally:
-        _cores, _placement = before
+        _cores, _placement, _site = before
 
 
 def placement_env() -> dict[str, str]:
     """The env of the lease processes started now get ({} outside a work unit)."""
     return dict(_placement)
+
+
+def site() -> Site | None:
+    """The leased node a unit's commands start on, when it is not this host's (else None)."""
+    return _site
+
+
+def start(command: Command, log_path: Path) -> Running:
+    """Start a unit's command where its lease is: on the leased node of another host through
+    the site, else here. Clients of a server start here (ManagedProcess) and connect to it."""
+    if _site is not None:
+        return _site.start(command, log_path)
+    return ManagedProcess(command, log_path)
 
 
 def _child_setup() -> Callable[[], None] | None:
@@ -154,7 +212,7 @@ class ManagedProcess:
         env = {
             **os.environ,
             **{k: str(v) for k, v in command.env.items()},
-            **_placement,  # the work unit's devices win over the command's defaults
+            **({} if _site else _placement),  # the unit's devices win over the command's
             process_registry.ENV_TOKEN: token,
         }
         self._log = log_path.open("ab")
@@ -214,12 +272,12 @@ class ManagedProcess:
 class Waited:
     """How `wait_for` ended: all exited (both None), one failed, or the deadline passed."""
 
-    failed: ManagedProcess | None = None  # the first (in order) that exited non-zero
-    timed_out: ManagedProcess | None = None  # the first still running at the deadline
+    failed: Running | None = None  # the first (in order) that exited non-zero
+    timed_out: Running | None = None  # the first still running at the deadline
 
 
 def wait_for(
-    procs: Sequence[ManagedProcess],
+    procs: Sequence[Running],
     timeout_s: float,
     poll_s: float = 0.1,
     check: Callable[[], None] | None = None,
@@ -245,18 +303,22 @@ def wait_for(
 
 
 def run(command: Command, log_path: Path, timeout_s: float) -> str:
-    """Run to completion; return its output. Non-zero exit or timeout raises CommandFailed."""
-    with ManagedProcess(command, log_path) as proc:
+    """Run to completion (on the unit's site, see `start`); return its output. Non-zero exit or
+    timeout raises CommandFailed."""
+    proc = start(command, log_path)
+    try:
         code = proc.wait(timeout_s)
+    finally:
+        proc.stop()
     if code != 0:
         raise CommandFailed(command, f"exited with status {code}", tail(log_path))
     return log_path.read_text(encoding="utf-8", errors="replace")
 
 
 @contextlib.contextmanager
-def started(command: Command, log_path: Path) -> Iterator[ManagedProcess]:
-    """Context manager form: the group is stopped however the block ends."""
-    proc = ManagedProcess(command, log_path)
+def started(command: Command, log_path: Path) -> Iterator[Running]:
+    """Context manager form of `start`: the group is stopped however the block ends."""
+    proc = start(command, log_path)
     try:
         yield proc
     finally:

@@ -169,13 +169,17 @@ class Registry:
         })
         self._opened = True
 
-    def record(self, pid: int, pgid: int, argv: Sequence[str], token: str, log: str) -> None:
-        """Called right after the group's leader is forked, before the harness waits on it."""
+    def record(self, pid: int, pgid: int, argv: Sequence[str], token: str, log: str,
+               node: str | None = None) -> None:
+        """Called right after the group's leader is forked, before the harness waits on it.
+        `node`: a group started on another Ray node (its pid is that host's; a pid of this
+        host is stopped only when it carries the token, so a pid of another host never is)."""
         with self._lock:
             self._open()
             self._append({
                 "kind": "group", "pid": pid, "pgid": pgid, "start": start_time(pid),
                 "argv": list(argv), "token": token, "log": log, "time": time.time(),
+                **({"node": node} if node else {}),
             })
 
     def name_run(self, run_id: str | None) -> None:

@@ -21,7 +21,8 @@ from harness.calibration.layout import OutputLayout
 from harness.devices import ranks
 from harness.process import Command
 from harness.process import CommandFailed
-from harness.process import ManagedProcess
+from harness.process import Running
+from harness.process import start
 from harness.process import tail
 from harness.process import wait_for
 
@@ -149,7 +150,7 @@ def run_step(step: Step, logs: Path, timeout_s: float) -> list[str]:
     progress.phase(f"calibration: {step.name}, {len(step.commands)} process(es) (logs: {logs})")
     outputs = []
     if step.parallel:
-        procs = [ManagedProcess(c, logs / _log_name(step.name, i))
+        procs = [start(c, logs / _log_name(step.name, i))
                  for i, c in enumerate(step.commands)]
         try:
             waited = wait_for(procs, timeout_s, poll_s=0.2)
@@ -179,7 +180,7 @@ def run_step(step: Step, logs: Path, timeout_s: float) -> list[str]:
     return outputs
 
 
-def _failure(proc: ManagedProcess, reason: str) -> str:
+def _failure(proc: Running, reason: str) -> str:
     return (f"`{proc.command.shell()}` {reason}\n--- last lines of {proc.log_path} ---\n"
             f"{tail(proc.log_path)}")
 

@@ -22,7 +22,8 @@ from harness.cluster import Placement
 from harness.cluster import RayCluster
 from harness.process import Command
 from harness.process import CommandFailed
-from harness.process import ManagedProcess
+from harness.process import Running
+from harness.process import start
 from harness.process import tail
 from harness.process import wait_for
 
@@ -54,12 +55,13 @@ def log_name(command: Command, index: int) -> str:
 def run_local(
     commands: Sequence[Command], workdir: Path, env: Mapping[str, str], timeout_s: float
 ) -> list[CommandOutput]:
-    """Start every command at once here; wait for all; the first failure stops the rest."""
-    procs: list[ManagedProcess] = []
+    """Start every command at once on the cell's node (here, or a `pytest -n` unit's leased
+    node: harness.process.start); wait for all; the first failure stops the rest."""
+    procs: list[Running] = []
     try:
         for i, cmd in enumerate(commands):
             merged = Command(cmd.argv, {**env, **cmd.env}, cmd.description, cmd.cwd, cmd.node)
-            procs.append(ManagedProcess(merged, workdir / log_name(cmd, i)))
+            procs.append(start(merged, workdir / log_name(cmd, i)))
         first = wait_for(procs, timeout_s).timed_out
         if first is not None:
             raise CommandFailed(

@@ -22,7 +22,9 @@ from typing import Any
 from harness import progress
 from harness.errors import HarnessError
 from harness.process import Command
-from harness.process import ManagedProcess
+from harness.process import Running
+from harness.process import site
+from harness.process import start
 from harness.process import tail
 from harness.serving.http import get_status
 from harness.serving.http import port_in_use
@@ -81,7 +83,7 @@ class Server:
         self.spec = spec
         self.log_path = log_path
         self.watch = LogWatch(log_path, spec.ready_marks, spec.failures)
-        self.process: ManagedProcess | None = None
+        self.process: Running | None = None
         self.started_at = 0.0
         self.ready_s: float | None = None
         self.smoke: dict[str, Any] = {}
@@ -91,7 +93,10 @@ class Server:
         return self.spec.base_url
 
     def start(self) -> None:
-        if port_in_use(self.spec.host, self.spec.port):
+        node = site()  # a `pytest -n` unit leased on another node: the server starts there
+        busy = node.port_in_use(self.spec.port) if node else port_in_use(self.spec.host,
+                                                                            self.spec.port)
+        if busy:
             raise ServerFailed(
                 f"port {self.spec.port} on {self.spec.host} is already in use; the server "
                 "was not started",
@@ -101,18 +106,18 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.write_text(f"$ {self.spec.command.shell()}\n", encoding="utf-8")
         self.started_at = time.monotonic()
-        self.process = ManagedProcess(self.spec.command, self.log_path)
+        self.process = start(self.spec.command, self.log_path)
 
     def check_alive(self) -> None:
         """Raise ServerFailed if the process exited or logged a fatal error."""
         if self.process is None:
             raise ServerFailed("the server was never started")
+        code = self.process.poll()  # first: a remote server's output arrives as it is polled
         failure = self.watch.poll()
         if failure is not None:
             raise ServerFailed(
                 f"{failure.pattern.reason}: {failure.line}", failure.pattern.hint, self.log_path
             )
-        code = self.process.poll()
         if code is not None:
             raise ServerFailed(
                 f"the server process exited with status {code}"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import cluster
+from harness import process
 from harness.backends.base import Check
 from harness.backends.base import CheckStatus
 from harness.backends.contracts import PreflightBackend
@@ -45,9 +46,16 @@ class NodeProbe:
 def probe_nodes(
     cell: Cell, placement: Placement, spec: dict[str, Any], can_start: bool
 ) -> NodeProbe:
-    """The backend's probe on every node through Ray when the cell needs Ray, else here."""
+    """The backend's probe on every node through Ray when the cell needs Ray, else here (or
+    on a `pytest -n` unit's leased node, when that is another host's)."""
     if not cluster.uses_ray(cell, int(placement.per_node), os.environ):
-        return NodeProbe({"local": cluster.local_facts(spec)})
+        node = process.site()
+        if node is None:
+            return NodeProbe({"local": cluster.local_facts(spec)})
+        try:
+            return NodeProbe({node.label: node.facts(spec)}, True)
+        except cluster.ClusterError as exc:
+            return NodeProbe({}, True, None, f"node {node.label}: {exc}")
     try:
         ray = cluster.shared(cell.backend_options, placement.nodes, placement.bundles[0], can_start)
         figures = ray.figures()

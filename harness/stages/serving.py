@@ -27,6 +27,7 @@ from harness.errors import StageError
 from harness.process import CommandFailed
 from harness.process import placement_env
 from harness.process import run as run_command
+from harness.process import site
 from harness.serving.http import free_port
 from harness.serving.server import Server
 from harness.serving.server import ServerFailed
@@ -99,11 +100,14 @@ def serve(
             f"check models.{cell.model.name}.path in the matrix (a relative path is relative "
             "to the matrix file)",
         )
+    node = site()  # a `pytest -n` unit on another node: the server binds that node's address
+    if node is not None:
+        cell = cell.with_serving_host(node.address)
     settings = cell.settings.serving
     with contextlib.ExitStack() as stack:
         try:  # only the start-up is the serving stage's failure; the block's errors pass
             _prechecks(backend, cell, workdir)
-            port = settings.port or free_port(settings.host)
+            port = settings.port or (node.free_port() if node else free_port(settings.host))
             spec = backend.server_spec(cell, port, calibration, workdir)
             server = stack.enter_context(running(spec, workdir / SERVER_LOG))
         except (ServerFailed, CommandFailed) as exc:
@@ -114,6 +118,8 @@ def serve(
             raise StageError(cell.id, Stage.SERVING.value, str(exc)) from None
         leased = sorted(placement_env().items())  # a `pytest -n` unit's devices
         placed = {"placement": " ".join(f"{k}={v}" for k, v in leased)} if leased else {}
+        if node is not None:
+            placed["node"] = node.label
         yield ServerHandle(
             cell.id, server.base_url, spec.served_name, server.log_path, server,
             {**spec.facts, **placed},

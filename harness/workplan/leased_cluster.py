@@ -60,6 +60,13 @@ class LeasedCluster(RayCluster):
             )
         yield self.lease.group
 
+    def node_facts(
+        self, spec: dict[str, Any], timeout_s: float = 120.0, only: frozenset[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The probe on the leased nodes only (the others are other units')."""
+        held = frozenset(n.node_id for n in self.lease.nodes)
+        return self.cluster.node_facts(spec, timeout_s, held if only is None else only & held)
+
     def shutdown(self) -> list[int]:
         """Nothing: the session owns the cluster; the lease is released by its holder."""
         return []

@@ -4,23 +4,33 @@ Only distributed runs use this; without `-n` a run goes cell after cell in one p
 always did. The controller starts (cpu) or joins (`--ray-address` / RAY_ADDRESS) the run's Ray
 cluster before xdist starts its workers, so they join the same cluster, and plans the selected
 cells onto it; a cell that cannot fit is a usage error naming it, before anything runs.
+
+A unit leased on another node than the worker's starts its commands there (node_site.py), which
+needs the run directory and the models on storage every node sees at the same path. The plan
+uses the nodes that verifiably do (a probe on each reads a token the controller wrote into the
+run directory and looks for the cells' model paths); the others are named as unused, with why.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
+import secrets
+from collections.abc import Callable
 from collections.abc import Collection
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
 from typing import Any
 
 from harness.backends.contracts import Backend
 from harness.cell import Cell
 from harness.cell import Stage
+from harness.fileio import write_atomic
 from harness.workplan.leases import LeaseManager
 from harness.workplan.leases import alive_nodes
+from harness.workplan.node_site import SHARED_STORAGE
 from harness.workplan.plan import build_plan
 from harness.workplan.scheduler import Assignment
 from harness.workplan.units import NODE_STAGES
@@ -36,14 +46,14 @@ def distributed(config: Any) -> bool:
 
 @dataclass(frozen=True)
 class ClusterShape:
-    """What the plan is laid on: Ray nodes with `resource`, `cards_per_node` of it each; the
-    nodes are this host's (the harness starts every unit's processes here)."""
+    """What the plan is laid on: Ray nodes with `resource`, `cards_per_node` of it each, that
+    see the run directory and the models; `unused`: the others ("ip/node-id" -> why)."""
 
     resource: str
     node_ids: tuple[str, ...]  # the Ray node of each scheduler node index
     cards_per_node: int
     address: str
-    elsewhere: int = 0  # nodes of the cluster on other hosts, left unused
+    unused_nodes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def nodes(self) -> int:
@@ -52,46 +62,97 @@ class ClusterShape:
     def as_record(self) -> dict[str, Any]:
         return {"kind": "cluster", "resource": self.resource, "nodes": self.nodes,
                 "cards_per_node": self.cards_per_node, "address": self.address,
-                "node_ids": list(self.node_ids), "unused_nodes_elsewhere": self.elsewhere}
+                "node_ids": list(self.node_ids), "unused_nodes": dict(self.unused_nodes)}
 
     def unused(self) -> str:
         """Why nodes of the cluster are not used ("" when all are)."""
-        if not self.elsewhere:
+        if not self.unused_nodes:
             return ""
-        return (f"{self.elsewhere} Ray node(s) with {self.resource} on other hosts are not "
-                f"used: under -n the harness starts each unit's server and clients on its own "
-                f"host, so it plans onto this host's {self.nodes} node(s); run from each host, "
-                "or without -n for cells that span hosts")
+        why = "; ".join(f"{node}: {reason}" for node, reason in sorted(self.unused_nodes.items()))
+        return (f"{len(self.unused_nodes)} Ray node(s) with {self.resource} are not used ({why}); "
+                f"the plan uses the {self.nodes} node(s) that see the run's files")
 
 
-def start_cluster(backend: Backend, cells: Sequence[Cell], run_id: str) -> ClusterShape:
+def start_cluster(
+    backend: Backend, cells: Sequence[Cell], run_id: str, run_dir: Path
+) -> ClusterShape:
     """The run's Ray cluster (started for the widest cell, or joined); its address goes to the
-    workers (`join`); leases left by dead holders of earlier runs are removed first."""
+    workers (`join`); leases left by dead holders of earlier runs are removed first. Nodes
+    other than this process's are used when they see `run_dir` and the cells' models."""
+    from harness.workplan.node_site import own_node_id
+
     widest = max(cells, key=lambda c: c.nodes)
     resource = backend.ray_placement(widest, widest.nodes).resource
     ray = backend.ray_cluster(widest)
     LeaseManager(run_id, resource).remove_leftovers()
     nodes = alive_nodes(resource)
-    here = [n for n in nodes if n.get("NodeManagerAddress") in local_addresses()]
-    if not here:
+    own = own_node_id()
+    models = sorted({c.model.path for c in cells if c.model.path and Path(c.model.path).exists()})
+    others = [n for n in nodes if n["NodeID"] != own]
+    unused = storage_problems(others, run_dir, models) if others else {}
+    usable = [n for n in nodes if _label(n) not in unused]
+    if not usable:
         raise PlanError(
-            f"the Ray cluster at {ray.address} has no node with {resource} on this host "
-            f"({len(nodes)} elsewhere); under -n the harness runs each unit's processes on its "
-            "own host: run it on a node of the cluster"
+            f"no node of the Ray cluster at {ray.address} with {resource} can run this run's "
+            f"units: {'; '.join(f'{k}: {v}' for k, v in sorted(unused.items())) or 'none alive'}"
         )
-    cards = min(int(n["Resources"][resource]) for n in here)
-    ids = tuple(n["NodeID"] for n in here)
-    return ClusterShape(resource, ids, cards, ray.address, len(nodes) - len(here))
+    cards = min(int(n["Resources"][resource]) for n in usable)
+    ids = tuple(n["NodeID"] for n in usable)
+    return ClusterShape(resource, ids, cards, ray.address, unused)
 
 
-def local_addresses() -> set[str]:
-    """The addresses Ray may give a node on this host."""
+def _label(node: Mapping[str, Any]) -> str:
+    return f"{node.get('NodeManagerAddress', '?')}/{str(node['NodeID'])[:8]}"
+
+
+def storage_problems(
+    nodes: Sequence[Mapping[str, Any]], run_dir: Path, paths: Sequence[str],
+    timeout_s: float = 120.0,
+) -> dict[str, str]:
+    """Per node ("ip/node-id"), what it does not see at the same path: the run directory (a
+    token written here must read back the same there) or one of `paths`."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    found = {"127.0.0.1", ray.util.get_node_ip_address()}
-    with contextlib.suppress(OSError):
-        found |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
-    return {str(a) for a in found}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(8)
+    marker = run_dir / f".node-check-{token}"
+    write_atomic(marker, token)
+    probe = ray.remote(num_cpus=0)(_storage_probe())
+    try:
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    str(n["NodeID"]), soft=False)).remote(str(marker), token, list(paths))
+                for n in nodes]
+        try:
+            found = ray.get(refs, timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            return {_label(n): f"its storage probe did not answer within {timeout_s:g} s"
+                    for n in nodes}
+    finally:
+        marker.unlink(missing_ok=True)
+    return {_label(n): f"{why}; {SHARED_STORAGE}" for n, why in zip(nodes, found, strict=True)
+            if why}
+
+
+def _storage_probe() -> Callable[[str, str, list[str]], str]:
+    """In a closure, so Ray ships it by value (stdlib only inside)."""
+
+    def probe(marker: str, token: str, paths: list[str]) -> str:
+        import os
+        import socket
+
+        host = socket.gethostname()
+        try:
+            with open(marker, encoding="utf-8") as fh:
+                seen = fh.read()
+        except OSError:
+            seen = ""
+        if seen != token:
+            return f"{host} does not see the run directory {os.path.dirname(marker)}"
+        missing = [p for p in paths if not os.path.exists(p)]
+        return f"{host} does not see {', '.join(missing)}" if missing else ""
+
+    return probe
 
 
 def join(address: str) -> None:

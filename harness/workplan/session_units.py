@@ -60,7 +60,7 @@ class UnitSession:
         cells = list({c.id: c for c in cells}.values())
         if not cells:
             return
-        self.shape = run.start_cluster(self.backend, cells, self.store.run_id)
+        self.shape = run.start_cluster(self.backend, cells, self.store.run_id, self.store.dir)
         self.plan = run.plan_run(cells, self.options.stages, self.shape)
         if self.shape.unused():
             print(f"harness: {self.shape.unused()}", file=sys.stderr)

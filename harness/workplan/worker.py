@@ -39,6 +39,8 @@ from harness.workplan.figures import UnitRecord
 from harness.workplan.leased_cluster import LeasedCluster
 from harness.workplan.leases import Lease
 from harness.workplan.leases import LeaseManager
+from harness.workplan.node_site import own_node_id
+from harness.workplan.node_site import site_for
 from harness.workplan.units import UnitKind
 from harness.workplan.xdist import LOOSE
 from harness.workplan.xdist import index_path
@@ -60,9 +62,11 @@ class UnitWorker:
     """Which unit an item belongs to, and that unit's lease while its items run."""
 
     def __init__(
-        self, run_dir: Path, store: RunStore, manager: LeaseManager, ray_for: RayFor
+        self, run_dir: Path, store: RunStore, manager: LeaseManager, ray_for: RayFor,
+        own_node: Callable[[], str] = own_node_id,
     ) -> None:
         self.run_dir = run_dir
+        self.own_node = own_node  # this worker's Ray node (a lease elsewhere: node_site.py)
         self.store = store
         self.manager = manager
         self.ray_for = ray_for
@@ -110,9 +114,11 @@ class UnitWorker:
         ray = self.ray_for(ticket.unit.cells[0])  # connects this worker to the run's cluster
         lease = self._stack.enter_context(self.manager.lease(ticket.unit, ticket.nodes))
         self._stack.enter_context(cluster.leased_view(LeasedCluster(ray, lease)))
-        # what the unit starts runs on the leased devices (and, on cpu, cores)
+        # what the unit starts runs on the leased devices (and, on cpu, cores): here, or on
+        # the leased node when it is another Ray node than this worker's (node_site.py)
         cores = lease.nodes[0].devices if lease.resource == "CPU" else ()
-        self._stack.enter_context(process.placed(cores, lease.env()))
+        site = site_for(lease.nodes[0], lease.env(), cores, self.own_node)
+        self._stack.enter_context(process.placed(cores, lease.env(), site))
         if ticket.unit.demand.nodes > 1 and ticket.unit.kind is not UnitKind.NODE:
             # a multi-node server or calibration places its own Ray workers (vLLM's Ray
             # executor); the scheduler keeps the cards counted held until the unit ends

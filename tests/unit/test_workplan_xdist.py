@@ -268,13 +268,19 @@ def test_a_worker_leases_each_unit_hands_multinode_servers_their_cards_and_recor
         write_assignment(store.dir, found, [index])
     index_path(store.dir).write_text(json.dumps({str(i): u.id for i, u in enumerate(units)}))
     leases = Leases()
-    worker = UnitWorker(store.dir, store, leases, lambda cell: RayCluster("127.0.0.1:1"))  # type: ignore[arg-type]
+    worker = UnitWorker(store.dir, store, leases, lambda cell: RayCluster("127.0.0.1:1"),  # type: ignore[arg-type]
+                        own_node=lambda: "node0")
+    sites = []
     for index in range(3):
         assert worker.ends_batch(index)
         worker.enter(index)
         assert process.placement_env() == {"HABANA_VISIBLE_MODULES": "2,3"}
+        found = process.site()
+        sites.append(found.label if found is not None else None)
         worker.leave()
-        assert process.placement_env() == {}
+        assert process.placement_env() == {} and process.site() is None
+    # a unit whose (first) leased node is not the worker's own starts its commands there
+    assert sites == [None, None, "10.0.0.1/node1"]
     assert leases.calls == [
         ("lease", "node/g2/n2/0-1"), ("release", "node/g2/n2/0-1"),
         ("lease", "serving/c"), ("hand_over", "serving/c"), ("release", "serving/c"),
@@ -286,16 +292,19 @@ def test_a_worker_leases_each_unit_hands_multinode_servers_their_cards_and_recor
     assert recorded[1].cards == ((0, 2), (0, 3), (1, 2), (1, 3)) and recorded[2].kind == "serving"
 
 
-def test_a_cluster_run_plans_onto_this_hosts_nodes_and_says_why_the_others_are_unused() -> None:
+def test_a_cluster_run_plans_onto_the_nodes_that_see_its_files_and_says_why_not_the_others(
+) -> None:
     from harness.workplan.run import ClusterShape
     from harness.workplan.run import plan_run
     from harness.workplan.units import PlanError
 
     cells = load_matrix("nightly-g2").cells
-    here = ClusterShape("HPU", ("head",), 8, "10.0.0.1:6379", elsewhere=1)
-    assert here.as_record()["unused_nodes_elsewhere"] == 1 and here.nodes == 1
+    why = "b does not see /nfs/models; the run directory and the model paths must be on storage"
+    here = ClusterShape("HPU", ("head",), 8, "10.0.0.1:6379", {"10.0.0.2/abcd1234": why})
+    assert here.as_record()["unused_nodes"] == {"10.0.0.2/abcd1234": why} and here.nodes == 1
     with pytest.raises(PlanError, match=r"cell llama-3\.1-405b/g2/tp8/fp8-kv-fp8_inc: .*2 node"
-                       r".*\(1 Ray node\(s\) with HPU on other hosts are not used: .*without -n"):
+                       r".*\(1 Ray node\(s\) with HPU are not used \(10\.0\.0\.2/abcd1234: b "
+                       r"does not see /nfs/models"):
         plan_run(cells, None, here)
     small = [c for c in cells if "405b" not in c.id]
     assert plan_run(small, None, here).nodes == 1
@@ -335,7 +344,8 @@ def test_a_new_unit_learns_that_its_cells_calibration_failed_in_another_unit(
     index_path(store.dir).write_text(json.dumps({"0": unit.id, "1": unit.id}))
     store.append(StageResult("c", "calibration", "failed", message="c [calibration]: no scales"))
     store.append(StageResult("d", "calibration", "failed", message="another cell's"))
-    worker = UnitWorker(store.dir, store, Leases(), lambda cell: RayCluster("127.0.0.1:1"))  # type: ignore[arg-type]
+    worker = UnitWorker(store.dir, store, Leases(), lambda cell: RayCluster("127.0.0.1:1"),  # type: ignore[arg-type]
+                        own_node=lambda: "node0")
     selected = frozenset(
         [("c", "calibration"), ("c", "serving"), ("c", "accuracy"), ("d", "calibration")]
     )
