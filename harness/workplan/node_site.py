@@ -293,6 +293,7 @@ class RemoteProcess:
         self._lost_node = False  # the actor or its node is gone: nothing more to read
         self._released = False
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.touch()  # as a local process's log exists once it starts, output or not
         self._actor = site.keeper()
         registry = process_registry.current()
         token = registry.new_token()  # marks the group's command as this run's (see record)

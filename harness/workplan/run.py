@@ -8,7 +8,8 @@ cells onto it; a cell that cannot fit is a usage error naming it, before anythin
 A unit leased on another node than the worker's starts its commands there (node_site.py), which
 needs the run directory and the models on storage every node sees at the same path. The plan
 uses the nodes that verifiably do (a probe on each reads a token the controller wrote into the
-run directory and looks for the cells' model paths); the others are named as unused, with why.
+results directory, where the run directory is made, and looks for the cells' model paths); the
+others are named as unused, with why.
 """
 
 from __future__ import annotations
@@ -109,14 +110,16 @@ def storage_problems(
     nodes: Sequence[Mapping[str, Any]], run_dir: Path, paths: Sequence[str],
     timeout_s: float = 120.0,
 ) -> dict[str, str]:
-    """Per node ("ip/node-id"), what it does not see at the same path: the run directory (a
-    token written here must read back the same there) or one of `paths`."""
+    """Per node ("ip/node-id"), what it does not see at the same path: the results directory
+    that holds `run_dir` (a token written here must read back the same there; the run directory
+    itself is made once the plan holds) or one of `paths`."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    results = run_dir.parent
+    results.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(8)
-    marker = run_dir / f".node-check-{token}"
+    marker = results / f".node-check-{token}"
     write_atomic(marker, token)
     probe = ray.remote(num_cpus=0)(_storage_probe())
     try:
@@ -148,7 +151,7 @@ def _storage_probe() -> Callable[[str, str, list[str]], str]:
         except OSError:
             seen = ""
         if seen != token:
-            return f"{host} does not see the run directory {os.path.dirname(marker)}"
+            return f"{host} does not see the results directory {os.path.dirname(marker)}"
         missing = [p for p in paths if not os.path.exists(p)]
         return f"{host} does not see {', '.join(missing)}" if missing else ""
 

@@ -127,9 +127,9 @@ def test_a_server_that_exits_on_the_node_fails_with_the_nodes_output(
     site: NodeSite, tmp_path: Path
 ) -> None:
     spec = stand_in(tmp_path, "exit", site.address, site.free_port())
-    with process.placed((), {}, site), pytest.raises(ServerFailed) as failed:
-        with running(spec, tmp_path / "server.log"):
-            pass
+    with (process.placed((), {}, site), pytest.raises(ServerFailed) as failed,
+          running(spec, tmp_path / "server.log")):
+        pass
     text = str(failed.value)
     assert "exited with status 3" in text and "RuntimeError: something broke" in text
 
@@ -195,7 +195,7 @@ def test_the_storage_check_names_what_a_node_does_not_see(
     label = f"{node['NodeManagerAddress']}/{node['NodeID'][:8]}"
     assert list(found) == [label]
     assert "does not see /nfs/no-such-model" in found[label] and "same path" in found[label]
-    assert not list((tmp_path / "run").glob(".node-check-*"))  # its token is removed
+    assert not list(tmp_path.glob(".node-check-*"))  # its token is removed
 
 
 def test_preflight_of_a_unit_on_the_node_probes_that_node(site: NodeSite) -> None:
