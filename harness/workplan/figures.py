@@ -22,6 +22,7 @@ class UnitRecord:
     end: float
     cards: tuple[tuple[int | str, int], ...]
     kind: str = ""
+    ran_on: str = ""  # the Ray node ("ip/node-id") its commands started on; "": the harness's
 
     @property
     def seconds(self) -> float:
@@ -36,13 +37,15 @@ class UnitRecord:
             "start": self.start,
             "end": self.end,
             "cards": [list(c) for c in self.cards],
+            **({"ran_on": self.ran_on} if self.ran_on else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UnitRecord:
         cards = tuple((n, int(c)) for n, c in data.get("cards", []))
         return cls(
-            data["unit"], float(data["start"]), float(data["end"]), cards, data.get("unit_kind", "")
+            data["unit"], float(data["start"]), float(data["end"]), cards,
+            data.get("unit_kind", ""), str(data.get("ran_on", "")),
         )
 
 
@@ -131,12 +134,12 @@ def units_table(records: Iterable[Mapping[str, Any]]) -> UnitsTable | None:
     )
     rows = [
         [u.unit, u.kind, f"+{u.start - origin:.0f} s", f"{u.seconds:.0f} s",
-         " ".join(f"{n}:{c}" for n, c in u.cards) or "-"]
+         " ".join(f"{n}:{c}" for n, c in u.cards) or "-", u.ran_on or "harness host"]
         for u in sorted(units, key=lambda u: u.start)
     ]
     clashes = [f"{a} and {b} on {c}" for a, b, c in overlaps(units)]
-    return UnitsTable(headline, ("unit", "kind", "start", "time", "cards (node:card)"), rows,
-                      clashes)
+    header = ("unit", "kind", "start", "time", "cards (node:card)", "commands ran on")
+    return UnitsTable(headline, header, rows, clashes)
 
 
 def units_section(records: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -24,6 +24,7 @@ ray is imported only inside functions; the actor and the tasks are stdlib only (
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -101,7 +102,7 @@ def _keeper_class() -> type:
 
         def start(
             self, argv: list[str], env: dict[str, str], cwd: str | None, cores: list[int],
-            paths: list[str], grace_s: float,
+            paths: list[str], grace_s: float, harness_cwd: str,
         ) -> dict[str, Any]:
             import json
             import os
@@ -116,7 +117,9 @@ def _keeper_class() -> type:
                 return {"error": f"not found on {host}: {', '.join(missing)}", "missing": missing}
             pidfile = os.path.join(self.dir, "pid")
             spec: dict[str, Any] = {
-                "argv": argv, "env": env, "cwd": cwd, "cores": cores, "grace": grace_s,
+                "argv": argv, "env": env, "cores": cores, "grace": grace_s,
+                # no cwd of its own: the harness's, as here, when the node sees it
+                "cwd": cwd or (harness_cwd if os.path.isdir(harness_cwd) else None),
                 "log": os.path.join(self.dir, "out.log"), "pidfile": pidfile,
                 "rcfile": os.path.join(self.dir, "rc"),
             }
@@ -298,8 +301,8 @@ class RemoteProcess:
         registry = process_registry.current()
         token = registry.new_token()  # marks the group's command as this run's (see record)
         env = {k: str(v) for k, v in command.env.items()} | site.env | {ENV_TOKEN: token}
-        call = self._actor.start.remote(list(command.argv), env, command.cwd,
-                                        list(site.cores), paths_named(command), grace_s)
+        call = self._actor.start.remote(list(command.argv), env, command.cwd, list(site.cores),
+                                        paths_named(command), grace_s, os.getcwd())
         try:
             got: dict[str, Any] = ray.get(call, timeout=CALL_TIMEOUT_S)
         except Exception as exc:  # the actor could not be placed or died: name the node

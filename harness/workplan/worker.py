@@ -74,6 +74,7 @@ class UnitWorker:
         self._last_of: dict[str, int] = {}
         self.ticket: Ticket | None = None
         self.lease: Lease | None = None
+        self.ran_on = ""  # the unit's node when its commands start there (node_site.py)
         self._stack = contextlib.ExitStack()
         self._started = 0.0
 
@@ -119,6 +120,7 @@ class UnitWorker:
         cores = lease.nodes[0].devices if lease.resource == "CPU" else ()
         site = site_for(lease.nodes[0], lease.env(), cores, self.own_node)
         self._stack.enter_context(process.placed(cores, lease.env(), site))
+        self.ran_on = site.label if site is not None else ""
         if ticket.unit.demand.nodes > 1 and ticket.unit.kind is not UnitKind.NODE:
             # a multi-node server or calibration places its own Ray workers (vLLM's Ray
             # executor); the scheduler keeps the cards counted held until the unit ends
@@ -159,15 +161,16 @@ class UnitWorker:
 
     def leave(self) -> None:
         """After the unit's last item: release the cards and record the unit as it ran."""
-        ticket, lease = self.ticket, self.lease
-        self.ticket, self.lease = None, None
+        ticket, lease, ran_on = self.ticket, self.lease, self.ran_on
+        self.ticket, self.lease, self.ran_on = None, None, ""
         self._stack.close()
         if ticket is None:
             return
         held = lease.nodes if lease is not None else ()
         nodes = ticket.nodes or tuple(range(len(held)))  # scheduler node indices
         cards = tuple((n, d) for n, on in zip(nodes, held, strict=False) for d in on.devices)
-        record = UnitRecord(ticket.unit.id, self._started, time.time(), cards, ticket.unit.kind)
+        record = UnitRecord(ticket.unit.id, self._started, time.time(), cards, ticket.unit.kind,
+                            ran_on)
         self.store.append_record(record.as_dict())
 
 

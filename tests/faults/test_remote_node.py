@@ -73,6 +73,8 @@ def test_units_leased_on_the_other_node_run_there_and_are_measured_from_here(
     units = {r["unit"]: UnitRecord.from_dict(r) for r in records if r["kind"] == "unit"}
     assert overlaps(list(units.values())) == []
     assert {u.kind for u in units.values()} == {"node", "calibration", "serving"}, units
+    assert {u.ran_on for u in units.values()} == {label}  # every unit, on the other node
+    assert f"| {label} |" in (run.run_dir / "summary.md").read_text()
 
     stages = {(r["cell"], r["stage"]): r for r in records if r["kind"] == "stage"}
     assert all(r["status"] == "passed" for r in stages.values()), {

@@ -1,5 +1,5 @@
 """A unit's commands on another Ray node (harness.workplan.node_site), on a real two-node Ray
-cluster on this host (ray.cluster_utils.Cluster): the server starts under a keeper on the other
+cluster on this host (ray.cluster_utils.Cluster, conftest's ray_cluster): the server starts under a keeper on the other
 node, binds that node's address, its log is mirrored here, failures carry the node's output,
 a path the node lacks is refused naming it, and nothing outlives a harness that is SIGKILLed.
 
@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +39,6 @@ from harness.workplan.run import storage_problems
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent.parent
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[cluster.RayCluster]:
-    saved = os.environ.pop("RAY_ADDRESS", None)
-    started = cluster.RayCluster.start_local(2, {"CPU": 1})
-    try:
-        yield started
-    finally:
-        started.shutdown()
-        if saved is not None:
-            os.environ["RAY_ADDRESS"] = saved
 
 
 def other_node() -> dict[str, Any]:
@@ -149,6 +136,8 @@ def test_a_run_on_the_node_returns_its_output_and_status(site: NodeSite, tmp_pat
         out = process.run(Command(("sh", "-c", "echo on-node $LEASED_MARK")), tmp_path / "a.log",
                           30.0)
         assert "on-node u" in out
+        # a command without a cwd of its own runs in the harness's, which the node sees here
+        assert process.run(Command(("pwd",)), tmp_path / "d.log", 30.0).strip() == os.getcwd()
         with pytest.raises(CommandFailed, match="exited with status 4"):
             process.run(Command(("sh", "-c", "echo bad; exit 4")), tmp_path / "b.log", 30.0)
         with pytest.raises(CommandFailed, match=rf"timed out after 1 s on node {site.label}"):

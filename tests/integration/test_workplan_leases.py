@@ -1,7 +1,7 @@
 """Card leases on a real two-node Ray cluster on this host (ray.cluster_utils.Cluster, 2 nodes x
 8 fake HPU, 2 CPU each): disjoint cards, whole nodes for multi-node units, release when the
 holder raises or is interrupted, and removal of a SIGKILLed holder's group. One cluster for the
-module (~15 s to start).
+module (~15 s to start; tests/integration/conftest.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,18 +40,6 @@ from harness.workplan.units import WorkUnit
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent.parent
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[cluster.RayCluster]:
-    saved = os.environ.pop("RAY_ADDRESS", None)
-    started = cluster.RayCluster.start_local(2, {"CPU": 2, "HPU": 8})
-    try:
-        yield started
-    finally:
-        started.shutdown()
-        if saved is not None:
-            os.environ["RAY_ADDRESS"] = saved
 
 
 def unit(name: str, nodes: int, cards: int) -> WorkUnit:

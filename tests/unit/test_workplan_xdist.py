@@ -215,12 +215,13 @@ def test_the_units_section_gives_makespan_sum_and_utilisation(tmp_path: Path) ->
         {"kind": "cluster", "resource": "CPU", "nodes": 1, "cards_per_node": 2},
         UnitRecord("node/cpu/n1/0", 100.0, 110.0, ((0, 0), (0, 1)), "node").as_dict(),
         UnitRecord("serving/a", 110.0, 210.0, ((0, 0),), "serving").as_dict(),
-        UnitRecord("serving/b", 110.0, 160.0, ((0, 1),), "serving").as_dict(),
+        UnitRecord("serving/b", 110.0, 160.0, ((0, 1),), "serving", "10.0.0.2/8b9ca65a").as_dict(),
     ]
     lines = units_section(records)
     # makespan 110 s; units 10 + 100 + 50 s; busy 20 + 100 + 50 of 2 x 110 card-seconds
     assert "makespan 110 s, sum of unit times 160 s, utilisation 77%" in lines[2]
-    assert lines[6] == "| node/cpu/n1/0 | node | +0 s | 10 s | 0:0 0:1 |"
+    assert lines[6] == "| node/cpu/n1/0 | node | +0 s | 10 s | 0:0 0:1 | harness host |"
+    assert lines[8] == "| serving/b | serving | +10 s | 50 s | 0:1 | 10.0.0.2/8b9ca65a |"
     assert not any("two units at once" in line for line in lines)
     clash = [*records, UnitRecord("serving/c", 150.0, 170.0, ((0, 1),), "serving").as_dict()]
     assert "serving/b and serving/c on (0, 1)" in units_section(clash)[-1]
@@ -290,6 +291,7 @@ def test_a_worker_leases_each_unit_hands_multinode_servers_their_cards_and_recor
     recorded = [UnitRecord.from_dict(r) for r in lines if r.get("kind") == "unit"]
     assert [r.unit for r in recorded] == [u.id for u in units]
     assert recorded[1].cards == ((0, 2), (0, 3), (1, 2), (1, 3)) and recorded[2].kind == "serving"
+    assert [r.ran_on for r in recorded] == ["", "", "10.0.0.1/node1"]
 
 
 def test_a_cluster_run_plans_onto_the_nodes_that_see_its_files_and_says_why_not_the_others(
