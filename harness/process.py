@@ -25,7 +25,7 @@ from harness.errors import HarnessError
 
 
 class Running(Protocol):
-    """A started process group: here (ManagedProcess) or on a leased node of another host."""
+    """A started process group: here (ManagedProcess) or on a unit's leased node elsewhere."""
 
     command: Command
     log_path: Path

@@ -48,7 +48,7 @@ def distributed(config: Any) -> bool:
 @dataclass(frozen=True)
 class ClusterShape:
     """What the plan is laid on: Ray nodes with `resource`, `cards_per_node` of it each, that
-    see the run directory and the models; `unused`: the others ("ip/node-id" -> why)."""
+    see the run directory and the models; `unused_nodes`: the others ("ip/node-id" -> why)."""
 
     resource: str
     node_ids: tuple[str, ...]  # the Ray node of each scheduler node index
