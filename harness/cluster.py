@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,9 @@ __all__ = [
     "ray_port",
     "start_commands",
     "local_facts",
+    "facts_on",
+    "node_label",
+    "on_node",
     "RayCluster",
     "shared",
     "shutdown_shared",
@@ -145,19 +149,30 @@ def local_facts(spec: dict[str, Any]) -> dict[str, Any]:
     return _facts_function()(spec)
 
 
-def facts_on(node_id: str, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """The same probe on one Ray node (a work unit's leased node on another host)."""
-    import ray
+def node_label(ip: str, node_id: str) -> str:
+    """How reports and records name a Ray node: "ip/node-id" (its first 8 hex digits)."""
+    return f"{ip}/{node_id[:8]}"
+
+
+def on_node(node_id: str) -> Any:
+    """Ray's scheduling strategy that runs a task or actor on node `node_id`, nowhere else."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    probe = ray.remote(num_cpus=0)(_facts_function()).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
-    )
+    return NodeAffinitySchedulingStrategy(node_id, soft=False)
+
+
+def facts_on(
+    node_ids: Sequence[str], spec: dict[str, Any], timeout_s: float
+) -> list[dict[str, Any]]:
+    """The same probe on each of the Ray nodes `node_ids` (a task pinned to each), in order."""
+    import ray
+
+    probe = ray.remote(num_cpus=0)(_facts_function())
+    refs = [probe.options(scheduling_strategy=on_node(n)).remote(spec) for n in node_ids]
     try:
-        found: dict[str, Any] = ray.get(probe.remote(spec), timeout=timeout_s)
+        found: list[dict[str, Any]] = ray.get(refs, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
-        raise ClusterError(f"the probe on node {node_id[:8]} did not finish within "
-                           f"{timeout_s:g} s") from None
+        raise ClusterError(f"per-node probes did not finish within {timeout_s:g} s") from None
     return found
 
 
@@ -269,24 +284,10 @@ class RayCluster:
     def node_facts(
         self, spec: dict[str, Any], timeout_s: float = 120.0, only: frozenset[str] | None = None
     ) -> dict[str, dict[str, Any]]:
-        """The probe on every alive node (or those of node ids `only`; a task pinned to each),
-        keyed by 'ip/node-id'."""
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        probe = ray.remote(num_cpus=0)(_facts_function())
+        """The probe on every alive node (or those of node ids `only`), keyed by 'ip/node-id'."""
         alive = [n for n in self.figures().alive if only is None or n.node_id in only]
-        refs = [
-            probe.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)
-            ).remote(spec)
-            for n in alive
-        ]
-        try:
-            results = ray.get(refs, timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise ClusterError(f"per-node probes did not finish within {timeout_s:g} s") from None
-        return {f"{n.ip}/{n.node_id[:8]}": r for n, r in zip(alive, results, strict=True)}
+        results = facts_on([n.node_id for n in alive], spec, timeout_s)
+        return {node_label(n.ip, n.node_id): r for n, r in zip(alive, results, strict=True)}
 
     def shutdown(self) -> list[int]:
         """Disconnect; stop the cluster if the harness started it. Returns PIDs still alive."""

@@ -319,13 +319,18 @@ class HarnessSession(UnitSession):
         return FallbackReferences(this_run, from_history)
 
     @functools.cached_property
+    def _cells_by_id(self) -> dict[str, Cell]:
+        """The matrix's cells by id, the ids formatted once."""
+        return {c.id: c for c in self.matrix.cells}
+
+    @functools.cached_property
     def _matrix_ids(self) -> frozenset[str]:
-        """Every cell id of the matrix, formatted once (each stage's references word a miss)."""
-        return frozenset(c.id for c in self.matrix.cells)
+        """Every cell id of the matrix (each stage's references word a miss)."""
+        return frozenset(self._cells_by_id)
 
     def _twin_wait_s(self, cell_id: str) -> float:
         """How long an FP8 cell waits for its twin: the twin's start-up and accuracy time."""
-        cell = next((c for c in self.matrix.cells if c.id == cell_id), None)
+        cell = self._cells_by_id.get(cell_id)
         if cell is None:
             return 0.0
         return cell.settings.serving.ready_timeout_s + cell.settings.accuracy.timeout_s

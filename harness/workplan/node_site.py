@@ -35,6 +35,8 @@ from typing import Any
 
 from harness import process_registry
 from harness.cluster import facts_on
+from harness.cluster import node_label
+from harness.cluster import on_node
 from harness.process import Command
 from harness.process import CommandFailed
 from harness.process import tail
@@ -242,16 +244,11 @@ class NodeSite:
 
     @property
     def label(self) -> str:
-        return f"{self.node.ip}/{self.node.node_id[:8]}"
+        return node_label(self.node.ip, self.node.node_id)
 
     @property
     def address(self) -> str:
         return self.node.ip
-
-    def _pinned(self) -> Any:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        return NodeAffinitySchedulingStrategy(self.node.node_id, soft=False)
 
     def start(self, command: Command, log_path: Path) -> RemoteProcess:
         return RemoteProcess(self, command, log_path)
@@ -260,12 +257,13 @@ class NodeSite:
         import ray
 
         actor = ray.remote(num_cpus=0, max_concurrency=4)(_keeper_class())
-        return actor.options(scheduling_strategy=self._pinned()).remote(KEEPER)
+        return actor.options(scheduling_strategy=on_node(self.node.node_id)).remote(KEEPER)
 
     def _probe(self, port: int) -> int:
         import ray
 
-        task = ray.remote(num_cpus=0)(_port_probe()).options(scheduling_strategy=self._pinned())
+        task = ray.remote(num_cpus=0)(_port_probe()).options(
+            scheduling_strategy=on_node(self.node.node_id))
         return int(ray.get(task.remote(self.address, port), timeout=CALL_TIMEOUT_S))
 
     def free_port(self) -> int:
@@ -278,7 +276,7 @@ class NodeSite:
         return self._probe(port) < 0
 
     def facts(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return facts_on(self.node.node_id, spec, CALL_TIMEOUT_S)
+        return facts_on([self.node.node_id], spec, CALL_TIMEOUT_S)[0]
 
 
 class RemoteProcess:

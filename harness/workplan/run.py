@@ -28,6 +28,8 @@ from typing import Any
 from harness.backends.contracts import Backend
 from harness.cell import Cell
 from harness.cell import Stage
+from harness.cluster import node_label
+from harness.cluster import on_node
 from harness.fileio import write_atomic
 from harness.workplan.leases import LeaseManager
 from harness.workplan.leases import alive_nodes
@@ -103,7 +105,7 @@ def start_cluster(
 
 
 def _label(node: Mapping[str, Any]) -> str:
-    return f"{node.get('NodeManagerAddress', '?')}/{str(node['NodeID'])[:8]}"
+    return node_label(str(node.get("NodeManagerAddress", "?")), str(node["NodeID"]))
 
 
 def storage_problems(
@@ -114,7 +116,6 @@ def storage_problems(
     that holds `run_dir` (a token written here must read back the same there; the run directory
     itself is made once the plan holds) or one of `paths`."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     results = run_dir.parent
     results.mkdir(parents=True, exist_ok=True)
@@ -123,9 +124,8 @@ def storage_problems(
     write_atomic(marker, token)
     probe = ray.remote(num_cpus=0)(_storage_probe())
     try:
-        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                    str(n["NodeID"]), soft=False)).remote(str(marker), token, list(paths))
-                for n in nodes]
+        refs = [probe.options(scheduling_strategy=on_node(str(n["NodeID"]))).remote(
+                    str(marker), token, list(paths)) for n in nodes]
         try:
             found = ray.get(refs, timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:

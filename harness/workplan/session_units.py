@@ -47,6 +47,9 @@ class UnitSession:
 
     if TYPE_CHECKING:  # the session's methods this mixin calls
 
+        @property
+        def _cells_by_id(self) -> dict[str, Cell]: ...
+
         def cells_for(self, stage: Stage) -> list[Cell]: ...
 
         def open_store(self) -> None: ...
@@ -75,7 +78,7 @@ class UnitSession:
         from harness.workplan.worker import UnitWorker
 
         run.join(str(cluster["address"]))
-        cells = {c.id: c for c in self.matrix.cells}
+        cells = self._cells_by_id
         self.units = UnitWorker(
             self.store.dir,
             self.store,
